@@ -1,0 +1,353 @@
+//! Wiring: config → store → pollers → HTTP server, plus reload (SIGHUP, `POST /-/reload`) and clean shutdown.
+
+use crate::clock::Clock;
+use crate::config::{AccountConfig, Config, ConfigError};
+use crate::http::HttpClient;
+use crate::metrics::Exporter;
+use crate::poller::{self, PollerDeps};
+use crate::server::{self, ReloadRequest, Web};
+use crate::state::State;
+use crate::store::{self, Store, StoreError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for in-flight work before giving up on it.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// Where the config comes from: a file (reloadable) or a value built in code (the demo).
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Fixed(Box<Config>),
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Start-up choices that are not part of the config file.
+pub struct Options {
+    /// Overrides `listen` from the config (`--listen`).
+    pub listen: Option<SocketAddr>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// A running daemon.
+pub struct Running {
+    /// The address the HTTP server is bound to (useful when the config asked for port 0).
+    pub addr: SocketAddr,
+    pub state: Arc<State>,
+    pub store: Store,
+    cancel: CancellationToken,
+    reload_tx: mpsc::Sender<ReloadRequest>,
+    supervisor: JoinHandle<()>,
+    server: JoinHandle<()>,
+}
+
+impl Running {
+    /// Reloads the config (as SIGHUP does); `Err` carries every problem of an invalid config.
+    pub async fn reload(&self) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.reload_tx
+            .send(tx)
+            .await
+            .map_err(|_| "shutting down".to_string())?;
+        rx.await.map_err(|_| "shutting down".to_string())?
+    }
+
+    /// Waits until every account has been polled once.
+    pub async fn wait_ready(&self) {
+        self.state.wait_until(|s| s.is_ready()).await;
+    }
+
+    /// Stops pollers and the server, waiting at most [`SHUTDOWN_GRACE`] for in-flight work.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let both = async {
+            let _ = self.server.await;
+            let _ = self.supervisor.await;
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, both).await.is_err() {
+            tracing::warn!("shutdown grace period elapsed; abandoning in-flight work");
+        }
+    }
+}
+
+/// Opens the store named by the config (`:memory:` keeps it in memory).
+pub fn open_store(config: &Config) -> Result<Store, StoreError> {
+    let path = store::resolve_path(&config.state_path, &config.path);
+    if path.as_os_str() == ":memory:" {
+        Ok(Store::in_memory())
+    } else {
+        Store::open(&path)
+    }
+}
+
+/// Starts the daemon: store, pollers and HTTP server. Returns once the server is listening.
+pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, StartError> {
+    let config = match &source {
+        ConfigSource::File(path) => {
+            let (config, warnings) = Config::load(path)?;
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            config
+        }
+        ConfigSource::Fixed(c) => (**c).clone(),
+    };
+    let store = open_store(&config)?;
+    let state = State::new();
+    state.set_reload(true, opts.clock.now());
+    let listen = opts.listen.unwrap_or(config.listen);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: listen,
+        source,
+    })?;
+
+    let cancel = CancellationToken::new();
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let web = Arc::new(Web {
+        state: state.clone(),
+        exporter: Exporter::new(state.clone()),
+        enable_reload: config.reload_enabled(addr).into(),
+        reload: reload_tx.clone(),
+    });
+    let deps = PollerDeps {
+        http: HttpClient::new()?,
+        store: store.clone(),
+        state: state.clone(),
+        clock: opts.clock.clone(),
+        limit: Arc::new(Semaphore::new(config.max_concurrent_polls)),
+    };
+
+    let mut sup = Supervisor {
+        source,
+        config: config.clone(),
+        deps,
+        web: web.clone(),
+        addr,
+        cancel: cancel.clone(),
+        pollers: HashMap::new(),
+    };
+    for account in &config.accounts {
+        sup.start_poller(account.clone(), true);
+    }
+    tracing::info!(
+        %addr,
+        accounts = config.accounts.len(),
+        store = store.path(),
+        version = crate::metrics::VERSION,
+        "creditwatch started"
+    );
+    let supervisor = tokio::spawn(sup.run(reload_rx));
+
+    let router = server::router(web);
+    let server_cancel = cancel.clone();
+    let server = tokio::spawn(async move {
+        let r = axum::serve(listener, router)
+            .with_graceful_shutdown(server_cancel.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    Ok(Running {
+        addr,
+        state,
+        store,
+        cancel,
+        reload_tx,
+        supervisor,
+        server,
+    })
+}
+
+struct PollerHandle {
+    config: Arc<AccountConfig>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Owns the pollers: starts them, swaps them on reload, prunes the store, stops them on shutdown.
+struct Supervisor {
+    source: ConfigSource,
+    config: Config,
+    deps: PollerDeps,
+    web: Arc<Web>,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    pollers: HashMap<String, PollerHandle>,
+}
+
+impl Supervisor {
+    fn start_poller(&mut self, account: AccountConfig, gate_readiness: bool) {
+        let account = Arc::new(account);
+        self.deps
+            .state
+            .add_account(&account.name, account.provider.name(), gate_readiness);
+        let cancel = self.cancel.child_token();
+        let task = tokio::spawn(poller::run(
+            account.clone(),
+            self.deps.clone(),
+            cancel.clone(),
+        ));
+        self.pollers.insert(
+            account.name.clone(),
+            PollerHandle {
+                config: account,
+                cancel,
+                task,
+            },
+        );
+    }
+
+    fn stop_poller(&mut self, name: &str) {
+        if let Some(p) = self.pollers.remove(name) {
+            p.cancel.cancel();
+            p.task.abort();
+        }
+    }
+
+    async fn run(mut self, mut reload_rx: mpsc::Receiver<ReloadRequest>) {
+        let mut prune = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                Some(reply) = reload_rx.recv() => {
+                    let r = self.reload();
+                    let _ = reply.send(r);
+                }
+                _ = prune.tick() => self.prune().await,
+            }
+        }
+        for (_, p) in self.pollers.drain() {
+            p.cancel.cancel();
+            let _ = p.task.await;
+        }
+    }
+
+    async fn prune(&self) {
+        let retention = self.config.retention();
+        let cutoff = self.deps.clock.now()
+            - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(2));
+        let store = self.deps.store.clone();
+        match tokio::task::spawn_blocking(move || store.prune(cutoff.timestamp_millis())).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(deleted = n, "pruned old samples"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "pruning the state store failed"),
+            Err(e) => tracing::error!(error = %e, "pruning task failed"),
+        }
+    }
+
+    fn reload(&mut self) -> Result<(), String> {
+        let now = self.deps.clock.now();
+        let ConfigSource::File(path) = &self.source else {
+            return Err("this instance was not started from a config file".to_string());
+        };
+        let (new, warnings) = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.deps.state.set_reload(false, now);
+                tracing::error!(
+                    problems = e.problems.len(),
+                    "config reload failed; keeping the previous config:\n{e}"
+                );
+                return Err(e.to_string());
+            }
+        };
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        if new.listen != self.config.listen {
+            tracing::warn!(old = %self.config.listen, new = %new.listen, "listen changes take effect on restart");
+        }
+        if new.state_path != self.config.state_path {
+            tracing::warn!("state_path changes take effect on restart");
+        }
+        if new.max_concurrent_polls != self.config.max_concurrent_polls {
+            self.deps.limit = Arc::new(Semaphore::new(new.max_concurrent_polls));
+        }
+        self.web
+            .enable_reload
+            .store(new.reload_enabled(self.addr), Ordering::Relaxed);
+
+        let (mut added, mut changed, mut removed) = (0, 0, 0);
+        let wanted: HashMap<&str, &AccountConfig> =
+            new.accounts.iter().map(|a| (a.name.as_str(), a)).collect();
+        let running: Vec<String> = self.pollers.keys().cloned().collect();
+        for name in running {
+            if !wanted.contains_key(name.as_str()) {
+                self.stop_poller(&name);
+                self.deps.state.remove_account(&name);
+                removed += 1;
+            }
+        }
+        for account in &new.accounts {
+            match self.pollers.get(&account.name) {
+                Some(p) if *p.config == *account => {}
+                Some(_) => {
+                    self.stop_poller(&account.name);
+                    self.start_poller(account.clone(), false);
+                    changed += 1;
+                }
+                None => {
+                    self.start_poller(account.clone(), false);
+                    added += 1;
+                }
+            }
+        }
+        self.config = new;
+        self.deps.state.set_reload(true, now);
+        tracing::info!(added, changed, removed, "config reloaded");
+        Ok(())
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,16 @@
+//! creditwatch: a Prometheus exporter and alerting daemon that forecasts when paid-API credits run out.
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod forecast;
+pub mod http;
+pub mod metrics;
+pub mod once;
+pub mod poller;
+pub mod providers;
+pub mod secret;
+pub mod server;
+pub mod state;
+pub mod store;

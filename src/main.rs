@@ -1,0 +1,218 @@
+//! The `creditwatch` command line: run, check, once and demo. The only place `anyhow` is used.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use creditwatch::app::{self, ConfigSource, Options};
+use creditwatch::clock::SystemClock;
+use creditwatch::config::{Config, parse_listen};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Watches paid-API credits, forecasts when they run out, and serves it all to Prometheus.
+#[derive(Parser)]
+#[command(
+    name = "creditwatch",
+    version,
+    about,
+    long_about = "Watches paid-API credits and spend, forecasts when each pool runs out before its \
+billing period resets, serves everything on /metrics for Prometheus, and can page on-call by itself.\n\n\
+Start with `creditwatch demo` to see it against built-in simulated providers, then write a config \
+(see config.example.toml) and validate it with `creditwatch check -c FILE`.",
+    after_help = "Logs go to stderr; set the level with RUST_LOG (e.g. RUST_LOG=debug)."
+)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: poll every account on its interval and serve /metrics.
+    Run {
+        /// Config file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Address to listen on, overriding `listen` in the config (e.g. 0.0.0.0:9477 or :9477).
+        #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate a config file and exit: 0 if valid, else 1 with every problem as FILE:LINE:COL: message.
+    Check {
+        /// Config file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Poll every account once, print the /metrics exposition, exit 1 if any account failed.
+    Once {
+        /// Config file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run the daemon against built-in simulated providers: no keys, no files.
+    Demo {
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9477", value_parser = parse_listen)]
+        listen: SocketAddr,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("creditwatch: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(real_main(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("creditwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { config } => Ok(check(&config)),
+        Command::Once { config } => {
+            let (cfg, warnings) = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            let out = creditwatch::once::run(&cfg, Arc::new(SystemClock))
+                .await
+                .context("cannot poll")?;
+            print!("{}", out.exposition);
+            if out.failed.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "creditwatch: {} account(s) failed: {}",
+                    out.failed.len(),
+                    out.failed.join(", ")
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Run { config, listen } => {
+            let running = match app::start(
+                ConfigSource::File(config),
+                Options {
+                    listen,
+                    clock: Arc::new(SystemClock),
+                },
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(app::StartError::Config(e)) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            serve_until_signal(running).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { listen } => {
+            let demo = creditwatch::demo::start(listen)
+                .await
+                .context("cannot start the demo")?;
+            let base = format!("http://{}", demo.running.addr);
+            println!("creditwatch demo is running against simulated providers:");
+            for s in &demo.servers {
+                println!("  simulator       {}", s.url());
+            }
+            println!("Open:");
+            println!("  status page     {base}/");
+            println!("  metrics         {base}/metrics");
+            println!("  readiness       {base}/-/ready");
+            println!("Press Ctrl-C to stop.");
+            let servers = demo.servers;
+            serve_until_signal(demo.running).await;
+            drop(servers);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Serves until SIGTERM/Ctrl-C, reloading on SIGHUP.
+async fn serve_until_signal(running: app::Running) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let stop = app::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        #[cfg(unix)]
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup_recv = std::future::pending::<()>();
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = hup_recv => {
+                tracing::info!("SIGHUP received, reloading config");
+                if let Err(e) = running.reload().await {
+                    tracing::error!("reload failed: {e}");
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    running.shutdown().await;
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok((cfg, warnings)) => {
+            for w in &warnings {
+                eprintln!("{}: warning: {w}", path.display());
+            }
+            println!("{}: OK ({} account(s))", path.display(), cfg.accounts.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

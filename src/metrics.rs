@@ -1,0 +1,317 @@
+//! The `/metrics` collector: every family built fresh from state at scrape time, never from an upstream.
+//!
+//! Building families per scrape (instead of updating registered gauges) means an account removed
+//! by a reload or a key that vanished upstream leaves no stale series, and a scrape never sees a
+//! half-updated account: each account is read from one consistent snapshot.
+
+use crate::providers::Unit;
+use crate::state::{AccountState, State};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{Encoder, TextEncoder};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+
+/// `version` label of `creditwatch_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// `revision` label of `creditwatch_build_info` (the git commit built from, or `unknown`).
+pub const REVISION: &str = env!("CREDITWATCH_REVISION");
+
+const ACCOUNT: &[&str] = &["provider", "account"];
+const POOL: &[&str] = &["provider", "account", "pool", "key"];
+
+/// Name, help, type and labels of one family.
+struct Spec {
+    name: String,
+    help: String,
+    kind: MetricType,
+    labels: Vec<&'static str>,
+}
+
+fn spec(
+    name: impl Into<String>,
+    help: impl Into<String>,
+    kind: MetricType,
+    labels: &[&'static str],
+) -> Spec {
+    Spec {
+        name: name.into(),
+        help: help.into(),
+        kind,
+        labels: labels.to_vec(),
+    }
+}
+
+fn with(base: &[&'static str], extra: &'static str) -> Vec<&'static str> {
+    let mut v = base.to_vec();
+    v.push(extra);
+    v
+}
+
+/// Every family the exporter can serve.
+fn specs() -> &'static [Spec] {
+    static SPECS: OnceLock<Vec<Spec>> = OnceLock::new();
+    SPECS.get_or_init(|| {
+        use MetricType::{COUNTER, GAUGE};
+        let mut v = vec![
+            spec("creditwatch_up", "1 if the last poll of the account succeeded, else 0.", GAUGE, ACCOUNT),
+            spec("creditwatch_last_success_timestamp_seconds", "Unix time of the last successful poll.", GAUGE, ACCOUNT),
+            spec("creditwatch_scrape_duration_seconds", "Duration of the last poll of the account's usage endpoint.", GAUGE, ACCOUNT),
+            spec("creditwatch_scrape_errors_total", "Failed polls of the account, by reason.", COUNTER, &with(ACCOUNT, "reason")),
+            spec("creditwatch_account_info", "Account metadata; always 1.", GAUGE, &with(ACCOUNT, "plan")),
+            spec("creditwatch_remaining_ratio", "Remaining divided by the period's allocation, 0..1.", GAUGE, POOL),
+            spec("creditwatch_period_start_timestamp_seconds", "Unix time the current billing period started.", GAUGE, POOL),
+            spec("creditwatch_reset_timestamp_seconds", "Unix time of the next reset of the pool.", GAUGE, POOL),
+            spec("creditwatch_exhaustion_timestamp_seconds", "Unix time the pool runs out at the forecast burn rate.", GAUGE, POOL),
+            spec("creditwatch_exhausts_before_reset", "1 if the pool is projected to run out before its next reset, else 0.", GAUGE, POOL),
+            spec("creditwatch_pool_available", "1 if the provider says the pool can be used now, else 0.", GAUGE, POOL),
+            spec("creditwatch_build_info", "Build information; always 1.", GAUGE, &["version", "revision"]),
+            spec("creditwatch_config_last_reload_successful", "1 if the last configuration load succeeded, else 0.", GAUGE, &[]),
+            spec("creditwatch_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load.", GAUGE, &[]),
+        ];
+        for u in Unit::ALL {
+            let u = u.as_str();
+            v.push(spec(format!("creditwatch_remaining_{u}"), format!("Left in the pool now, in {u}."), GAUGE, POOL));
+            v.push(spec(format!("creditwatch_used_{u}"), format!("Consumed in the current period as the provider counts it, in {u}."), GAUGE, POOL));
+            v.push(spec(format!("creditwatch_limit_{u}"), format!("Allocation for the current period, in {u}."), GAUGE, POOL));
+            v.push(spec(format!("creditwatch_consumed_{u}_total"), format!("Consumed since creditwatch first saw the pool, in {u}; not reset by period resets or top-ups."), COUNTER, POOL));
+            v.push(spec(format!("creditwatch_burn_rate_{u}_per_second"), format!("Consumption rate in {u} per second over the window (\"period\" = average since the period start)."), GAUGE, &with(POOL, "window")));
+            v.push(spec(format!("creditwatch_projected_remaining_at_reset_{u}"), format!("Projected {u} left at the next reset at the forecast burn rate; negative is a shortfall."), GAUGE, POOL));
+        }
+        v
+    })
+}
+
+fn spec_index() -> &'static HashMap<&'static str, usize> {
+    static IDX: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
+    IDX.get_or_init(|| {
+        specs()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect()
+    })
+}
+
+/// Accumulates samples by family during one scrape.
+#[derive(Default)]
+struct Families {
+    by_name: BTreeMap<&'static str, MetricFamily>,
+}
+
+impl Families {
+    fn add(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let spec = &specs()[*spec_index()
+            .get(name)
+            .unwrap_or_else(|| panic!("metric {name} has no spec"))];
+        debug_assert_eq!(
+            spec.labels,
+            labels.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            "labels of {name}"
+        );
+        let fam = self.by_name.entry(spec.name.as_str()).or_insert_with(|| {
+            let mut f = MetricFamily::default();
+            f.set_name(spec.name.clone());
+            f.set_help(spec.help.clone());
+            f.set_field_type(spec.kind);
+            f
+        });
+        let mut m = Metric::default();
+        m.set_label(
+            labels
+                .iter()
+                .map(|(k, v)| {
+                    let mut l = LabelPair::default();
+                    l.set_name(k.to_string());
+                    l.set_value(v.to_string());
+                    l
+                })
+                .collect(),
+        );
+        match spec.kind {
+            MetricType::COUNTER => {
+                let mut c = Counter::default();
+                c.set_value(value);
+                m.set_counter(c);
+            }
+            _ => {
+                let mut g = Gauge::default();
+                g.set_value(value);
+                m.set_gauge(g);
+            }
+        }
+        fam.mut_metric().push(m);
+    }
+}
+
+fn secs(t: chrono::DateTime<chrono::Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+fn bool_f(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+fn account_families(f: &mut Families, name: &str, a: &AccountState) {
+    let base = [("provider", a.provider), ("account", name)];
+    if a.attempts > 0 {
+        f.add("creditwatch_up", &base, bool_f(a.up));
+    }
+    if let Some(d) = a.last_duration_seconds {
+        f.add("creditwatch_scrape_duration_seconds", &base, d);
+    }
+    for (reason, n) in &a.errors {
+        f.add(
+            "creditwatch_scrape_errors_total",
+            &[base[0], base[1], ("reason", reason)],
+            *n as f64,
+        );
+    }
+    let Some(snap) = &a.snapshot else { return };
+    if let Some(t) = a.last_success {
+        f.add("creditwatch_last_success_timestamp_seconds", &base, secs(t));
+    }
+    f.add(
+        "creditwatch_account_info",
+        &[
+            base[0],
+            base[1],
+            ("plan", snap.plan.as_deref().unwrap_or("")),
+        ],
+        1.0,
+    );
+    for p in &snap.pools {
+        let r = &p.reading;
+        let u = r.unit.as_str();
+        let l = [
+            base[0],
+            base[1],
+            ("pool", r.pool.as_str()),
+            ("key", r.key.as_str()),
+        ];
+        if let Some(v) = r.remaining {
+            f.add(&format!("creditwatch_remaining_{u}"), &l, v);
+        }
+        if let Some(v) = r.used {
+            f.add(&format!("creditwatch_used_{u}"), &l, v);
+        }
+        if let Some(v) = r.limit {
+            f.add(&format!("creditwatch_limit_{u}"), &l, v);
+        }
+        if let (Some(rem), Some(lim)) = (r.remaining, r.limit)
+            && lim > 0.0
+        {
+            f.add(
+                "creditwatch_remaining_ratio",
+                &l,
+                (rem / lim).clamp(0.0, 1.0),
+            );
+        }
+        f.add(
+            &format!("creditwatch_consumed_{u}_total"),
+            &l,
+            p.consumed_total,
+        );
+        let burn = format!("creditwatch_burn_rate_{u}_per_second");
+        for (window, v) in &p.forecast.burn {
+            f.add(&burn, &[l[0], l[1], l[2], l[3], ("window", window)], *v);
+        }
+        if let Some(v) = p.forecast.burn_period {
+            f.add(&burn, &[l[0], l[1], l[2], l[3], ("window", "period")], v);
+        }
+        if let Some(period) = p.period {
+            f.add(
+                "creditwatch_period_start_timestamp_seconds",
+                &l,
+                secs(period.start),
+            );
+            f.add("creditwatch_reset_timestamp_seconds", &l, secs(period.end));
+        }
+        if let Some(v) = p.forecast.exhaustion {
+            f.add("creditwatch_exhaustion_timestamp_seconds", &l, v);
+        }
+        if let Some(v) = p.forecast.projected_remaining_at_reset {
+            f.add(
+                &format!("creditwatch_projected_remaining_at_reset_{u}"),
+                &l,
+                v,
+            );
+        }
+        if let Some(v) = p.forecast.exhausts_before_reset {
+            f.add("creditwatch_exhausts_before_reset", &l, bool_f(v));
+        }
+        if let Some(v) = r.available {
+            f.add("creditwatch_pool_available", &l, bool_f(v));
+        }
+    }
+}
+
+/// The exporter's collector. It can be registered in any `prometheus::Registry`.
+pub struct Exporter {
+    state: Arc<State>,
+    descs: Vec<Desc>,
+}
+
+impl Exporter {
+    pub fn new(state: Arc<State>) -> Self {
+        let descs = specs()
+            .iter()
+            .map(|s| {
+                Desc::new(
+                    s.name.clone(),
+                    s.help.clone(),
+                    s.labels.iter().map(|l| l.to_string()).collect(),
+                    HashMap::new(),
+                )
+                .expect("valid metric descriptor")
+            })
+            .collect();
+        Exporter { state, descs }
+    }
+
+    /// The exposition text of every family.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        TextEncoder::new()
+            .encode_utf8(&self.collect(), &mut out)
+            .expect("families are well formed");
+        out
+    }
+
+    /// The content type of [`Exporter::render`]'s output.
+    pub fn content_type() -> String {
+        TextEncoder::new().format_type().to_string()
+    }
+}
+
+impl Collector for Exporter {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut f = Families::default();
+        f.add(
+            "creditwatch_build_info",
+            &[("version", VERSION), ("revision", REVISION)],
+            1.0,
+        );
+        let reload = self.state.reload_status();
+        f.add(
+            "creditwatch_config_last_reload_successful",
+            &[],
+            bool_f(reload.last_successful),
+        );
+        if let Some(t) = reload.last_success {
+            f.add(
+                "creditwatch_config_last_reload_success_timestamp_seconds",
+                &[],
+                secs(t),
+            );
+        }
+        for (name, a) in &self.state.accounts() {
+            account_families(&mut f, name, a);
+        }
+        f.by_name.into_values().collect()
+    }
+}

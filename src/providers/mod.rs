@@ -1,0 +1,230 @@
+//! Providers: the closed set of account kinds, what a poll returns, and how a poll fails.
+//!
+//! A provider turns one upstream response into a [`Reading`]: pools with their used, remaining and
+//! limit values and their reset schedule. It never touches metrics, the store or the clock; the
+//! core turns readings into samples, forecasts and series. Adding a provider means one new file
+//! here, one variant in [`ProviderSettings`], and one fixture test.
+
+pub mod fluximage;
+
+use crate::config::{AccountConfig, Tracked, deserialize_tracking};
+use crate::forecast::consumption::ConsumptionRule;
+use crate::forecast::schedule::Schedule;
+use crate::http::HttpClient;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+use toml::Spanned;
+use toml::de::DeValue;
+
+/// The unit a pool is counted in; each metric family carries one unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Unit {
+    Credits,
+    Usd,
+}
+
+impl Unit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Credits => "credits",
+            Unit::Usd => "usd",
+        }
+    }
+
+    pub const ALL: [Unit; 2] = [Unit::Credits, Unit::Usd];
+}
+
+/// Everything one successful poll of an account returned.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Reading {
+    /// The plan name, where the provider reports one (`creditwatch_account_info{plan}`).
+    pub plan: Option<String>,
+    pub pools: Vec<PoolReading>,
+}
+
+/// One balance that can run out, as the provider reports it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolReading {
+    /// Pool name (`compression`, `ai`, `balance`, ...).
+    pub pool: String,
+    /// API key name for per-key pools; empty for account-level pools.
+    pub key: String,
+    pub unit: Unit,
+    /// Consumed in the current period, as the provider counts it.
+    pub used: Option<f64>,
+    /// Left now; `None` when unlimited or unknown.
+    pub remaining: Option<f64>,
+    /// Allocation for the current period; `None` when there is none.
+    pub limit: Option<f64>,
+    /// Whether the provider says the pool can be used now.
+    pub available: Option<bool>,
+    /// When the pool resets.
+    pub schedule: Schedule,
+    /// How consumption is read from successive readings of this pool.
+    pub rule: ConsumptionRule,
+}
+
+impl PoolReading {
+    /// A pool with no remaining and no limit has nothing to run out of.
+    pub fn is_unlimited(&self) -> bool {
+        self.remaining.is_none() && self.limit.is_none()
+    }
+}
+
+/// Why a poll failed. Each variant maps to one `reason` label of `creditwatch_scrape_errors_total`.
+/// Messages never contain a secret or a URL with credentials.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PollError {
+    #[error("authentication rejected (HTTP {status}){}", detail_suffix(.detail))]
+    Auth { status: u16, detail: Option<String> },
+    #[error("upstream answered HTTP {status}{}", detail_suffix(.detail))]
+    Http { status: u16, detail: Option<String> },
+    #[error("no response within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("rate limited (HTTP 429){}{}", .retry_after.map(|d| format!(", retry after {}", humantime::format_duration(d))).unwrap_or_default(), detail_suffix(.detail))]
+    RateLimited {
+        retry_after: Option<Duration>,
+        detail: Option<String>,
+    },
+    #[error("invalid response: {0}")]
+    Parse(String),
+}
+
+fn detail_suffix(d: &Option<String>) -> String {
+    d.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+}
+
+/// The `reason` label values, in exposition order.
+pub const ERROR_REASONS: [&str; 6] = [
+    "auth",
+    "connect",
+    "http",
+    "parse",
+    "rate_limited",
+    "timeout",
+];
+
+impl PollError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PollError::Auth { .. } => "auth",
+            PollError::Http { .. } => "http",
+            PollError::Timeout(_) => "timeout",
+            PollError::Connect(_) => "connect",
+            PollError::RateLimited { .. } => "rate_limited",
+            PollError::Parse(_) => "parse",
+        }
+    }
+
+    pub fn parse(msg: impl Into<String>) -> Self {
+        PollError::Parse(msg.into())
+    }
+}
+
+/// Whether an account of this provider needs an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyNeed {
+    Required,
+    Optional,
+    None,
+}
+
+/// What a poll may use: the shared HTTP client, the account's config, and the time of the poll.
+pub struct PollContext<'a> {
+    pub http: &'a HttpClient,
+    pub account: &'a AccountConfig,
+    pub now: DateTime<Utc>,
+}
+
+/// Each provider's own settings (the provider keys of an `[[account]]`); one variant per provider.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderSettings {
+    Fluximage(fluximage::Settings),
+}
+
+impl ProviderSettings {
+    /// Provider names accepted in `provider = "..."`.
+    pub const NAMES: &'static [&'static str] = &["fluximage"];
+
+    /// Deserializes the provider's own keys from an account table. `None` for an unknown
+    /// provider; otherwise the settings (or a located type error) and the keys it did not use.
+    pub(crate) fn from_toml(name: &str, value: Spanned<DeValue<'_>>) -> Option<Tracked<Self>> {
+        fn wrap<T>(
+            (r, ignored): Tracked<T>,
+            f: fn(T) -> ProviderSettings,
+        ) -> Tracked<ProviderSettings> {
+            (r.map(f), ignored)
+        }
+        Some(match name {
+            "fluximage" => wrap(deserialize_tracking(value), ProviderSettings::Fluximage),
+            _ => return None,
+        })
+    }
+
+    /// The `provider` label value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProviderSettings::Fluximage(_) => "fluximage",
+        }
+    }
+
+    pub fn key_need(&self) -> KeyNeed {
+        match self {
+            ProviderSettings::Fluximage(_) => KeyNeed::Required,
+        }
+    }
+
+    /// Provider-specific checks of a parsed account; each message names what to fix.
+    pub fn validate(&self, account: &AccountConfig) -> Vec<String> {
+        match self {
+            ProviderSettings::Fluximage(s) => s.validate(account),
+        }
+    }
+
+    /// Polls the upstream once.
+    pub async fn poll(&self, ctx: &PollContext<'_>) -> Result<Reading, PollError> {
+        match self {
+            ProviderSettings::Fluximage(s) => s.poll(ctx).await,
+        }
+    }
+}
+
+/// Checks a count read from a payload: finite, not negative and not absurdly large, so a hostile
+/// or broken upstream can never become a wrong number on a dashboard.
+pub fn checked_amount(field: &str, v: f64) -> Result<f64, PollError> {
+    const MAX: f64 = 1e15;
+    if !v.is_finite() {
+        return Err(PollError::parse(format!(
+            "field `{field}` is not a finite number"
+        )));
+    }
+    if v < 0.0 {
+        return Err(PollError::parse(format!(
+            "field `{field}` is negative ({v})"
+        )));
+    }
+    if v > MAX {
+        return Err(PollError::parse(format!(
+            "field `{field}` is implausibly large ({v:e})"
+        )));
+    }
+    Ok(v)
+}
+
+/// Deserializes a JSON body, naming the field in the error (`field \`x\`: invalid type ...`).
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, PollError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            PollError::parse(format!("body is not valid JSON ({inner})"))
+        } else if path == "." {
+            PollError::parse(inner.to_string())
+        } else {
+            PollError::parse(format!("field `{path}`: {inner}"))
+        }
+    })
+}

@@ -1,0 +1,184 @@
+//! In-memory state that `/metrics` and the landing page read: per-account poll status and the latest pools with forecasts.
+
+use crate::forecast::Forecast;
+use crate::forecast::schedule::Period;
+use crate::providers::{ERROR_REASONS, PoolReading};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+/// Everything the exporter serves, updated by pollers and the reload path.
+#[derive(Debug)]
+pub struct State {
+    accounts: RwLock<BTreeMap<String, AccountState>>,
+    /// Bumped on every change, so waiters (tests, readiness) wake on events instead of polling.
+    changes: watch::Sender<u64>,
+    /// Accounts still waiting for their first poll; `/-/ready` answers 200 once it is empty.
+    pending_first: RwLock<BTreeSet<String>>,
+    reload: RwLock<ReloadStatus>,
+}
+
+/// Outcome of the last config (re)load.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReloadStatus {
+    pub last_successful: bool,
+    pub last_success: Option<DateTime<Utc>>,
+}
+
+/// One account's status and its last successful snapshot.
+#[derive(Debug, Clone)]
+pub struct AccountState {
+    pub provider: &'static str,
+    /// Polls attempted, successful or not.
+    pub attempts: u64,
+    pub up: bool,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_duration_seconds: Option<f64>,
+    /// Failed polls by reason; every reason is present from the start so `rate()` works.
+    pub errors: BTreeMap<&'static str, u64>,
+    pub last_error: Option<String>,
+    /// What the last successful poll produced; `None` before the first success.
+    pub snapshot: Option<Arc<Snapshot>>,
+}
+
+impl AccountState {
+    pub fn new(provider: &'static str) -> Self {
+        AccountState {
+            provider,
+            attempts: 0,
+            up: false,
+            last_success: None,
+            last_duration_seconds: None,
+            errors: ERROR_REASONS.iter().map(|r| (*r, 0)).collect(),
+            last_error: None,
+            snapshot: None,
+        }
+    }
+}
+
+/// The result of one successful poll, with everything derived from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub at: DateTime<Utc>,
+    pub plan: Option<String>,
+    pub pools: Vec<PoolState>,
+}
+
+/// One pool as last read, with its running total and forecast.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolState {
+    pub reading: PoolReading,
+    pub consumed_total: f64,
+    pub period: Option<Period>,
+    pub forecast: Forecast,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            accounts: RwLock::default(),
+            changes: watch::channel(0).0,
+            pending_first: RwLock::default(),
+            reload: RwLock::default(),
+        }
+    }
+}
+
+impl State {
+    pub fn new() -> Arc<State> {
+        Arc::new(State::default())
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Waits until `cond` holds, re-checking after every state change.
+    pub async fn wait_until(&self, mut cond: impl FnMut(&State) -> bool) {
+        let mut rx = self.changes.subscribe();
+        loop {
+            if cond(self) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Registers an account (replacing any previous state) and marks it as awaiting a first poll
+    /// when `gate_readiness` is set.
+    pub fn add_account(&self, name: &str, provider: &'static str, gate_readiness: bool) {
+        self.accounts
+            .write()
+            .unwrap()
+            .insert(name.to_string(), AccountState::new(provider));
+        if gate_readiness {
+            self.pending_first.write().unwrap().insert(name.to_string());
+        }
+        self.changed();
+    }
+
+    pub fn remove_account(&self, name: &str) {
+        self.accounts.write().unwrap().remove(name);
+        self.pending_first.write().unwrap().remove(name);
+        self.changed();
+    }
+
+    pub fn record_success(&self, name: &str, duration: f64, snapshot: Snapshot) {
+        if let Some(a) = self.accounts.write().unwrap().get_mut(name) {
+            a.attempts += 1;
+            a.up = true;
+            a.last_success = Some(snapshot.at);
+            a.last_duration_seconds = Some(duration);
+            a.last_error = None;
+            a.snapshot = Some(Arc::new(snapshot));
+        }
+        self.pending_first.write().unwrap().remove(name);
+        self.changed();
+    }
+
+    pub fn record_failure(&self, name: &str, duration: f64, reason: &'static str, message: String) {
+        if let Some(a) = self.accounts.write().unwrap().get_mut(name) {
+            a.attempts += 1;
+            a.up = false;
+            a.last_duration_seconds = Some(duration);
+            *a.errors.entry(reason).or_insert(0) += 1;
+            a.last_error = Some(message);
+        }
+        self.pending_first.write().unwrap().remove(name);
+        self.changed();
+    }
+
+    /// A consistent copy of every account, for one scrape or one page render.
+    pub fn accounts(&self) -> BTreeMap<String, AccountState> {
+        self.accounts.read().unwrap().clone()
+    }
+
+    pub fn account(&self, name: &str) -> Option<AccountState> {
+        self.accounts.read().unwrap().get(name).cloned()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.pending_first.read().unwrap().is_empty()
+    }
+
+    pub fn pending(&self) -> Vec<String> {
+        self.pending_first.read().unwrap().iter().cloned().collect()
+    }
+
+    pub fn set_reload(&self, ok: bool, at: DateTime<Utc>) {
+        let mut r = self.reload.write().unwrap();
+        r.last_successful = ok;
+        if ok {
+            r.last_success = Some(at);
+        }
+        drop(r);
+        self.changed();
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        *self.reload.read().unwrap()
+    }
+}

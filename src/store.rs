@@ -1,0 +1,404 @@
+//! The embedded store (SQLite in WAL mode): every successful reading as a sample, and each pool's ledger.
+//!
+//! `samples` is the history burn rates are computed from; it is pruned by age. `pools` is one row
+//! per pool with its cumulative consumption and last observation, so `consumed_total` survives
+//! restarts and pruning. Each poll's rows are written in one transaction. The schema carries a
+//! version (`PRAGMA user_version`) and a list of migrations, applied in order on open.
+
+use crate::forecast::Point;
+use crate::forecast::consumption::Observation;
+use rusqlite::{Connection, params};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The schema version this build writes. Bump it by appending to [`MIGRATIONS`].
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: samples and pool ledgers.
+    "CREATE TABLE samples (
+        account TEXT NOT NULL,
+        pool TEXT NOT NULL,
+        key TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        used REAL,
+        remaining REAL,
+        limit_value REAL,
+        period_start_ms INTEGER,
+        consumed REAL NOT NULL,
+        PRIMARY KEY (account, pool, key, ts_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX samples_by_time ON samples (ts_ms);
+    CREATE TABLE pools (
+        account TEXT NOT NULL,
+        pool TEXT NOT NULL,
+        key TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_ts_ms INTEGER NOT NULL,
+        consumed REAL NOT NULL,
+        used REAL,
+        remaining REAL,
+        limit_value REAL,
+        period_start_ms INTEGER,
+        PRIMARY KEY (account, pool, key)
+    ) WITHOUT ROWID;",
+];
+
+/// A failure of the store, with the database path.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "state store {path} has schema version {found}, newer than this build understands ({SCHEMA_VERSION}); use a newer creditwatch or another state_path"
+    )]
+    TooNew { path: String, found: i64 },
+}
+
+/// A pool within an account: its name and, for per-key pools, the key name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolId {
+    pub pool: String,
+    pub key: String,
+}
+
+/// A pool's running totals: what the next reading's consumption is computed against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ledger {
+    pub unit: String,
+    pub first_seen_ms: i64,
+    pub last_ts_ms: i64,
+    /// Cumulative consumption since the pool was first seen (`consumed_total`).
+    pub consumed: f64,
+    pub last: Observation,
+}
+
+/// One sample to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRow {
+    pub id: PoolId,
+    pub unit: String,
+    pub ts_ms: i64,
+    pub used: Option<f64>,
+    pub remaining: Option<f64>,
+    pub limit: Option<f64>,
+    pub period_start_ms: Option<i64>,
+    /// Cumulative consumption at this sample.
+    pub consumed: f64,
+}
+
+/// Handle to the store; cheap to clone. Calls block, so async code runs them on the blocking pool.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`, in WAL mode, migrated to the current schema.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
+            path: shown.clone(),
+            source,
+        })?;
+        Store::init(conn, shown)
+    }
+
+    /// A store that lives in memory only (for `creditwatch once` and tests).
+    pub fn in_memory() -> Store {
+        let conn = Connection::open_in_memory().expect("in-memory SQLite opens");
+        Store::init(conn, ":memory:".into()).expect("in-memory store initializes")
+    }
+
+    fn init(conn: Connection, path: String) -> Result<Store, StoreError> {
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        // WAL keeps readers and the writer out of each other's way; NORMAL sync is durable
+        // against a killed process (the WAL is on disk), which is the failure that matters here.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path,
+                found: version,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            conn.execute_batch(&format!(
+                "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+                i + 1
+            ))
+            .map_err(err)?;
+        }
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every pool ledger of an account.
+    pub fn ledgers(&self, account: &str) -> Result<BTreeMap<PoolId, Ledger>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT pool, key, unit, first_seen_ms, last_ts_ms, consumed, used, remaining, period_start_ms
+                 FROM pools WHERE account = ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![account], |r| {
+                Ok((
+                    PoolId {
+                        pool: r.get(0)?,
+                        key: r.get(1)?,
+                    },
+                    Ledger {
+                        unit: r.get(2)?,
+                        first_seen_ms: r.get(3)?,
+                        last_ts_ms: r.get(4)?,
+                        consumed: r.get(5)?,
+                        last: Observation {
+                            used: r.get(6)?,
+                            remaining: r.get(7)?,
+                            period_start_ms: r.get(8)?,
+                        },
+                    },
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Records one poll's samples and moves each pool's ledger forward, atomically.
+    pub fn record(&self, account: &str, rows: &[SampleRow]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO samples
+                     (account, pool, key, ts_ms, used, remaining, limit_value, period_start_ms, consumed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(|e| self.err(e))?;
+            let mut led = tx
+                .prepare_cached(
+                    "INSERT INTO pools
+                     (account, pool, key, unit, first_seen_ms, last_ts_ms, consumed, used, remaining, limit_value, period_start_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10)
+                     ON CONFLICT (account, pool, key) DO UPDATE SET
+                       unit = excluded.unit, last_ts_ms = excluded.last_ts_ms, consumed = excluded.consumed,
+                       used = excluded.used, remaining = excluded.remaining,
+                       limit_value = excluded.limit_value, period_start_ms = excluded.period_start_ms",
+                )
+                .map_err(|e| self.err(e))?;
+            for r in rows {
+                ins.execute(params![
+                    account,
+                    r.id.pool,
+                    r.id.key,
+                    r.ts_ms,
+                    r.used,
+                    r.remaining,
+                    r.limit,
+                    r.period_start_ms,
+                    r.consumed
+                ])
+                .map_err(|e| self.err(e))?;
+                led.execute(params![
+                    account,
+                    r.id.pool,
+                    r.id.key,
+                    r.unit,
+                    r.ts_ms,
+                    r.consumed,
+                    r.used,
+                    r.remaining,
+                    r.limit,
+                    r.period_start_ms
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// A pool's cumulative-consumption history since `since_ms`, oldest first.
+    pub fn points(
+        &self,
+        account: &str,
+        id: &PoolId,
+        since_ms: i64,
+    ) -> Result<Vec<Point>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT ts_ms, consumed FROM samples
+                 WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms >= ?4 ORDER BY ts_ms",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![account, id.pool, id.key, since_ms], |r| {
+                Ok(Point {
+                    t: r.get::<_, i64>(0)? as f64 / 1000.0,
+                    consumed: r.get(1)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Number of samples stored for an account (all pools).
+    pub fn sample_count(&self, account: &str) -> Result<i64, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT COUNT(*) FROM samples WHERE account = ?1",
+                params![account],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Deletes samples older than `before_ms`; ledgers are kept. Returns how many were deleted.
+    pub fn prune(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.conn()
+            .execute("DELETE FROM samples WHERE ts_ms < ?1", params![before_ms])
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// Where the store lives, resolved against the config file's directory when relative.
+pub fn resolve_path(state_path: &Path, config_path: &Path) -> PathBuf {
+    if state_path.is_absolute() || state_path == Path::new(":memory:") {
+        state_path.to_path_buf()
+    } else {
+        config_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(state_path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(ts: i64, consumed: f64) -> SampleRow {
+        SampleRow {
+            id: PoolId {
+                pool: "ai".into(),
+                key: String::new(),
+            },
+            unit: "credits".into(),
+            ts_ms: ts,
+            used: Some(consumed),
+            remaining: Some(100.0 - consumed),
+            limit: Some(100.0),
+            period_start_ms: Some(0),
+            consumed,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen_and_prune_keeps_ledgers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.record("a", &[row(1000, 1.0)]).unwrap();
+            s.record("a", &[row(2000, 3.0)]).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let id = PoolId {
+            pool: "ai".into(),
+            key: String::new(),
+        };
+        let pts = s.points("a", &id, 0).unwrap();
+        assert_eq!(
+            pts,
+            vec![
+                Point {
+                    t: 1.0,
+                    consumed: 1.0
+                },
+                Point {
+                    t: 2.0,
+                    consumed: 3.0
+                }
+            ]
+        );
+        let l = &s.ledgers("a").unwrap()[&id];
+        assert_eq!(
+            (l.first_seen_ms, l.last_ts_ms, l.consumed),
+            (1000, 2000, 3.0)
+        );
+        assert_eq!(s.prune(1500).unwrap(), 1);
+        assert_eq!(s.sample_count("a").unwrap(), 1);
+        assert_eq!(s.ledgers("a").unwrap()[&id].consumed, 3.0);
+        let mode: String = s
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        Store::open(&path)
+            .unwrap()
+            .conn()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let e = Store::open(&path).unwrap_err();
+        assert!(e.to_string().contains("schema version 99"), "{e}");
+    }
+}
