@@ -1,0 +1,6 @@
+//! Integration tests, as one binary: the real daemon against fake upstreams, read back over HTTP.
+
+mod cli;
+mod daemon;
+mod fluximage;
+mod support;
