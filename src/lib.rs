@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod once;
 pub mod poller;
 pub mod providers;
+pub mod runbook;
 pub mod secret;
 pub mod server;
 pub mod state;

@@ -1,4 +1,4 @@
-//! The HTTP server: `/metrics` (gzip when asked), `/-/healthy`, `/-/ready`, `POST /-/reload`, and the `/` landing page.
+//! The HTTP server: `/metrics` (gzip when asked), `/-/healthy`, `/-/ready`, `POST /-/reload`, `/runbook`, and the `/` landing page.
 
 use crate::metrics::Exporter;
 use crate::state::State;
@@ -32,6 +32,10 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/-/healthy", get(|| async { "Healthy\n" }))
         .route("/-/ready", get(ready))
         .route("/-/reload", post(reload))
+        .route(
+            "/runbook",
+            get(|| async { Html(crate::runbook::html_page()) }),
+        )
         .layer(CompressionLayer::new().gzip(true))
         .with_state(web)
 }
@@ -155,6 +159,7 @@ async fn landing(Extract(web): Extract<Arc<Web>>) -> Html<String> {
 <li><a href="/metrics">/metrics</a> — Prometheus exposition</li>
 <li><a href="/-/healthy">/-/healthy</a> — liveness</li>
 <li><a href="/-/ready">/-/ready</a> — readiness (after the first poll of every account)</li>
+<li><a href="/runbook">/runbook</a> — what to do when an alert fires</li>
 </ul>
 <h2>Accounts</h2>
 <table><tr><th>account</th><th>provider</th><th>status</th><th>last success</th><th>pools</th><th>last error</th></tr>

@@ -3,4 +3,5 @@
 mod cli;
 mod daemon;
 mod fluximage;
+mod rules;
 mod support;

@@ -168,3 +168,18 @@ pub fn value(exposition: &str, name: &str, matchers: &[&str]) -> Option<f64> {
     );
     hits.first().copied()
 }
+
+/// The path of a tool the suite drives for real (promtool, prometheus, alertmanager). A missing
+/// tool fails the test: `scripts/test` installs the Debian packages that provide them.
+pub fn tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not installed: run scripts/test (it installs Debian's prometheus and \
+                 prometheus-alertmanager packages), or apt-get install them"
+            )
+        })
+}
