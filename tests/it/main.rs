@@ -2,6 +2,8 @@
 
 mod cli;
 mod daemon;
+mod external;
 mod fluximage;
+mod prometheus;
 mod rules;
 mod support;
