@@ -135,6 +135,8 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
     let web = Arc::new(Web {
         state: state.clone(),
         exporter: Exporter::new(state.clone()),
+        store: store.clone(),
+        clock: opts.clock.clone(),
         enable_reload: config.reload_enabled(addr).into(),
         reload: reload_tx.clone(),
     });
@@ -212,6 +214,11 @@ impl Supervisor {
         self.deps
             .state
             .add_account(&account.name, account.provider.name(), gate_readiness);
+        self.deps.state.set_schedule(
+            &account.name,
+            account.interval,
+            account.forecast_window.clone(),
+        );
         let cancel = self.cancel.child_token();
         let task = tokio::spawn(poller::run(
             account.clone(),

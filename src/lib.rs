@@ -14,4 +14,5 @@ pub mod runbook;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod status;
 pub mod store;

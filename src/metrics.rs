@@ -82,6 +82,12 @@ fn specs() -> &'static [Spec] {
     })
 }
 
+/// The name of every family the exporter can serve, for checks that dashboards and rules use
+/// only metrics that exist.
+pub fn family_names() -> Vec<&'static str> {
+    specs().iter().map(|s| s.name.as_str()).collect()
+}
+
 fn spec_index() -> &'static HashMap<&'static str, usize> {
     static IDX: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
     IDX.get_or_init(|| {

@@ -1,13 +1,15 @@
-//! The HTTP server: `/metrics` (gzip when asked), `/-/healthy`, `/-/ready`, `POST /-/reload`, `/runbook`, and the `/` landing page.
+//! The HTTP server: `/metrics` (gzip when asked), `/-/healthy`, `/-/ready`, `POST /-/reload`, `/runbook`, and the `/` status page.
 
+use crate::clock::Clock;
 use crate::metrics::Exporter;
 use crate::state::State;
+use crate::status;
+use crate::store::Store;
 use axum::Router;
 use axum::extract::State as Extract;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
@@ -20,6 +22,9 @@ pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
 pub struct Web {
     pub state: Arc<State>,
     pub exporter: Exporter,
+    /// History for the status page's charts.
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
     pub enable_reload: AtomicBool,
     pub reload: mpsc::Sender<ReloadRequest>,
 }
@@ -85,87 +90,38 @@ async fn reload(Extract(web): Extract<Arc<Web>>) -> Response {
     }
 }
 
-/// Escapes text for HTML.
-pub fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
+/// The status page's Content-Security-Policy: inline styles only.
+pub const STATUS_PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-async fn landing(Extract(web): Extract<Arc<Web>>) -> Html<String> {
+async fn landing(Extract(web): Extract<Arc<Web>>) -> Response {
     let accounts = web.state.accounts();
-    let mut rows = String::new();
-    for (name, a) in &accounts {
-        let status = match (a.attempts, a.up) {
-            (0, _) => "waiting for first poll",
-            (_, true) => "up",
-            (_, false) => "down",
-        };
-        let last = a
-            .last_success
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-            .unwrap_or_else(|| "never".into());
-        let pools = a
-            .snapshot
-            .as_ref()
-            .map(|s| {
-                s.pools
-                    .iter()
-                    .map(|p| {
-                        let r = &p.reading;
-                        let name = if r.key.is_empty() {
-                            r.pool.clone()
-                        } else {
-                            format!("{}/{}", r.pool, r.key)
-                        };
-                        match r.remaining {
-                            Some(v) => format!("{name}: {v} {} left", r.unit.as_str()),
-                            None => format!("{name}: unlimited"),
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .unwrap_or_default();
-        let _ = write!(
-            rows,
-            "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(name),
-            esc(a.provider),
-            if a.up { "up" } else { "down" },
-            status,
-            esc(&last),
-            esc(&pools),
-            esc(a.last_error.as_deref().unwrap_or("")),
-        );
+    let now = web.clock.now();
+    let store = web.store.clone();
+    // History reads are blocking SQLite queries; the page is cheap enough to build on the
+    // blocking pool too.
+    let page = tokio::task::spawn_blocking(move || {
+        let histories = status::gather(&store, &accounts).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "status page: cannot read chart history");
+            Default::default()
+        });
+        status::render(&accounts, &histories, now, crate::metrics::VERSION)
+    })
+    .await;
+    match page {
+        Ok(html) => (
+            [
+                (header::CACHE_CONTROL, "no-store"),
+                // The page needs nothing but its own inline styles: a browser refuses any script
+                // or outside fetch, even if a name slipped past escaping.
+                (header::CONTENT_SECURITY_POLICY, STATUS_PAGE_CSP),
+            ],
+            Html(html),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("status page failed: {e}\n"),
+        )
+            .into_response(),
     }
-    Html(format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>creditwatch</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.up{{color:#070}}.down{{color:#b00}}</style>
-</head><body>
-<h1>creditwatch</h1>
-<p>Watches paid-API credits and forecasts when they run out. Version {version}.</p>
-<ul>
-<li><a href="/metrics">/metrics</a> — Prometheus exposition</li>
-<li><a href="/-/healthy">/-/healthy</a> — liveness</li>
-<li><a href="/-/ready">/-/ready</a> — readiness (after the first poll of every account)</li>
-<li><a href="/runbook">/runbook</a> — what to do when an alert fires</li>
-</ul>
-<h2>Accounts</h2>
-<table><tr><th>account</th><th>provider</th><th>status</th><th>last success</th><th>pools</th><th>last error</th></tr>
-{rows}</table>
-</body></html>
-"#,
-        version = crate::metrics::VERSION,
-    ))
 }

@@ -1,11 +1,13 @@
 //! In-memory state that `/metrics` and the landing page read: per-account poll status and the latest pools with forecasts.
 
+use crate::config::Window;
 use crate::forecast::Forecast;
 use crate::forecast::schedule::Period;
 use crate::providers::{ERROR_REASONS, PoolReading};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Everything the exporter serves, updated by pollers and the reload path.
@@ -40,6 +42,9 @@ pub struct AccountState {
     pub last_error: Option<String>,
     /// What the last successful poll produced; `None` before the first success.
     pub snapshot: Option<Arc<Snapshot>>,
+    /// The poll interval and forecast window from the config, for the status page.
+    pub interval: Option<Duration>,
+    pub forecast_window: Option<Window>,
 }
 
 impl AccountState {
@@ -53,6 +58,8 @@ impl AccountState {
             errors: ERROR_REASONS.iter().map(|r| (*r, 0)).collect(),
             last_error: None,
             snapshot: None,
+            interval: None,
+            forecast_window: None,
         }
     }
 }
@@ -116,6 +123,15 @@ impl State {
             .insert(name.to_string(), AccountState::new(provider));
         if gate_readiness {
             self.pending_first.write().unwrap().insert(name.to_string());
+        }
+        self.changed();
+    }
+
+    /// Records the account's poll interval and forecast window (shown by the status page).
+    pub fn set_schedule(&self, name: &str, interval: Duration, forecast_window: Window) {
+        if let Some(a) = self.accounts.write().unwrap().get_mut(name) {
+            a.interval = Some(interval);
+            a.forecast_window = Some(forecast_window);
         }
         self.changed();
     }

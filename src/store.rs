@@ -290,6 +290,40 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// A pool's `remaining` over `[since_ms, until_ms]` as `(ts_ms, remaining)`, oldest first, for
+    /// the status page chart. At most `max_points` points: the window is cut into that many equal
+    /// buckets and each keeps its latest sample, so the answer stays small however often the
+    /// account is polled. The scan walks the primary key's `(account, pool, key, ts_ms)` range.
+    pub fn remaining_history(
+        &self,
+        account: &str,
+        id: &PoolId,
+        since_ms: i64,
+        until_ms: i64,
+        max_points: usize,
+    ) -> Result<Vec<(i64, f64)>, StoreError> {
+        // ceil((span + 1) / max_points) keeps the bucket count at or under `max_points`.
+        let n = max_points.max(1) as i64;
+        let bucket = ((until_ms - since_ms).max(0) + n) / n;
+        let conn = self.conn();
+        // SQLite takes the bare `remaining` from the row that holds the MAX(ts_ms) of the group.
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT MAX(ts_ms), remaining FROM samples
+                 WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms >= ?4 AND ts_ms <= ?5
+                   AND remaining IS NOT NULL
+                 GROUP BY (ts_ms - ?4) / ?6 ORDER BY 1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![account, id.pool, id.key, since_ms, until_ms, bucket],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// Number of samples stored for an account (all pools).
     pub fn sample_count(&self, account: &str) -> Result<i64, StoreError> {
         self.conn()
@@ -387,6 +421,47 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn remaining_history_is_bounded_and_keeps_the_latest_sample_per_bucket() {
+        let s = Store::in_memory();
+        let id = PoolId {
+            pool: "ai".into(),
+            key: String::new(),
+        };
+        // 100 samples one second apart, remaining 100, 99, ..., 1; one in another pool.
+        for i in 0..100 {
+            s.record("a", &[row(i * 1000, i as f64)]).unwrap();
+        }
+        let mut other = row(50_500, 0.0);
+        other.id.pool = "compression".into();
+        s.record("a", &[other]).unwrap();
+        let mut unlimited = row(50_600, 0.0);
+        unlimited.remaining = None;
+        s.record("a", &[unlimited]).unwrap();
+
+        let all = s.remaining_history("a", &id, 0, 99_000, 1000).unwrap();
+        assert_eq!(all.len(), 100);
+        assert_eq!(all[0], (0, 100.0));
+        assert_eq!(all[99], (99_000, 1.0));
+
+        // 10 buckets of 9.901s: each keeps its last sample, in time order.
+        let few = s.remaining_history("a", &id, 0, 99_000, 10).unwrap();
+        assert_eq!(few.len(), 10, "{few:?}");
+        assert_eq!(few.first(), Some(&(9_000, 91.0)));
+        assert_eq!(few.last(), Some(&(99_000, 1.0)));
+        assert!(few.windows(2).all(|w| w[0].0 < w[1].0));
+
+        // The window bounds are inclusive and other pools never leak in.
+        let window = s.remaining_history("a", &id, 40_000, 45_000, 100).unwrap();
+        assert_eq!(window.len(), 6);
+        assert_eq!(window[0], (40_000, 60.0));
+        assert!(
+            s.remaining_history("b", &id, 0, 99_000, 10)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -159,7 +159,12 @@ async fn landing_health_and_ready_endpoints() {
         page.contains("images &lt;prod&gt;"),
         "account names are escaped"
     );
-    assert!(page.contains("ai: 1080 credits left"));
+    assert!(
+        page.contains(
+            "<dt>Remaining</dt><dd>1,080 credits <small>of 1,200 credits (90%)</small></dd>"
+        ),
+        "{page}"
+    );
     app.stop().await;
 }
 

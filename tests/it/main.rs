@@ -1,9 +1,11 @@
 //! Integration tests, as one binary: the real daemon against fake upstreams, read back over HTTP.
 
+mod browser;
 mod cli;
 mod daemon;
 mod external;
 mod fluximage;
 mod prometheus;
 mod rules;
+mod status_page;
 mod support;
