@@ -2,18 +2,22 @@
 //!
 //! History is the pool's cumulative consumption (`consumed_total` at each sample), so resets,
 //! top-ups and deposits have already been taken out by [`consumption::consumed_between`]. The burn
-//! over a window is the consumption between the first and last samples inside it divided by the
-//! time between them. A gap while the daemon was down is spanned by the consumption recorded when
-//! polling resumed, so it reads as the average burn over the gap, never as zero.
+//! over a window is the consumption from the window's start to the last sample, divided by the
+//! time between them. The consumption at the window's start is interpolated linearly between the
+//! samples on either side of it, so a window always covers its full length once history reaches
+//! back that far. A gap while the daemon was down is spanned by the consumption recorded when
+//! polling resumed, so it reads as the average burn over the gap, never as zero or as missing.
 
 pub mod consumption;
+#[cfg(test)]
+mod proptests;
 pub mod schedule;
 
 use crate::config::Window;
 use chrono::{DateTime, Utc};
 use schedule::Period;
 
-/// A window exports nothing until its samples span at least this fraction of it.
+/// A window (or a period) exports nothing until its samples span at least this fraction of it.
 pub const MIN_WINDOW_COVERAGE: f64 = 0.1;
 
 /// One point of a pool's history.
@@ -25,20 +29,43 @@ pub struct Point {
     pub consumed: f64,
 }
 
-/// Burn rate (units per second) over the `window` seconds before `now`, from `points` sorted by
-/// time. `None` until there are two samples spanning at least 10% of the window.
+/// Burn rate (units per second) over the `window_secs` before `now`, from `points` sorted by
+/// time. Points after `now` are ignored, and so is a point before the window except the last one,
+/// which anchors the interpolation at the window's start.
+///
+/// `None` until two samples span at least [`MIN_WINDOW_COVERAGE`] of the window, or when no
+/// sample lies inside the window (nothing seen recently: unknown, not zero).
 pub fn burn_rate(points: &[Point], window_secs: f64, now: f64) -> Option<f64> {
     let from = now - window_secs;
-    let first = points.iter().find(|p| p.t >= from && p.t <= now)?;
-    let last = points.iter().rev().find(|p| p.t >= from && p.t <= now)?;
-    let span = last.t - first.t;
+    let points = &points[..points.partition_point(|p| p.t <= now)];
+    let last = *points.last()?;
+    if last.t < from {
+        return None;
+    }
+    // First sample inside the window, and the consumption at the window's start.
+    let i = points.partition_point(|p| p.t < from);
+    let start = match i.checked_sub(1).map(|j| points[j]) {
+        Some(before) => {
+            let after = points[i];
+            let f = (from - before.t) / (after.t - before.t);
+            Point {
+                t: from,
+                consumed: before.consumed + f * (after.consumed - before.consumed),
+            }
+        }
+        // History begins inside the window.
+        None => points[0],
+    };
+    let span = last.t - start.t;
     if span <= 0.0 || span < MIN_WINDOW_COVERAGE * window_secs {
         return None;
     }
-    Some(((last.consumed - first.consumed) / span).max(0.0))
+    Some(((last.consumed - start.consumed) / span).max(0.0))
 }
 
-/// Average burn since the period start: used-in-period over elapsed time.
+/// Average burn since the period start: used-in-period over elapsed time. `None` until at least
+/// [`MIN_WINDOW_COVERAGE`] of the period has elapsed, so the first minutes after a reset do not
+/// export a few credits divided by a few seconds.
 pub fn period_burn_rate(
     used: Option<f64>,
     period: Option<Period>,
@@ -46,11 +73,16 @@ pub fn period_burn_rate(
 ) -> Option<f64> {
     let used = used?;
     let period = period?;
-    let elapsed = (now - period.start).num_milliseconds() as f64 / 1000.0;
-    if elapsed <= 0.0 {
+    let elapsed = secs(now) - secs(period.start);
+    let length = secs(period.end) - secs(period.start);
+    if elapsed <= 0.0 || elapsed < MIN_WINDOW_COVERAGE * length {
         return None;
     }
     Some((used / elapsed).max(0.0))
+}
+
+fn secs(t: DateTime<Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
 }
 
 /// Everything the forecast families export for one pool.
@@ -83,9 +115,17 @@ pub struct ForecastInput<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// Computes every forecast figure for one pool.
+/// Computes every forecast figure for one pool, as of `now` (the time of the reading).
+///
+/// The projection is a straight line from `remaining` at the forecast burn, up to the next reset
+/// and no further. Everything in `remaining` counts as available until then, including purchased
+/// top-ups (Fluximage AI: the monthly part plus the top-ups). What happens at the reset is not
+/// modelled: the refill of the allocation (and the top-ups that carry over) appear in
+/// `remaining` at the first reading after it, and the projection starts again from there. So
+/// `exhaustion` ignores refills: for a resetting pool a value beyond the reset means "does not run
+/// out this period", and `exhausts_before_reset` is the verdict to alert on.
 pub fn forecast(input: &ForecastInput<'_>) -> Forecast {
-    let now = input.now.timestamp_millis() as f64 / 1000.0;
+    let now = secs(input.now);
     let burn: Vec<(String, f64)> = input
         .windows
         .iter()
@@ -111,9 +151,7 @@ pub fn forecast(input: &ForecastInput<'_>) -> Forecast {
     let Some(remaining) = input.remaining else {
         return f;
     };
-    let reset = input
-        .period
-        .map(|p| p.end.timestamp_millis() as f64 / 1000.0);
+    let reset = input.period.map(|p| secs(p.end));
     if remaining <= 0.0 {
         f.exhaustion = Some(now);
         f.exhausts_before_reset = Some(reset.is_some());
@@ -156,138 +194,326 @@ mod tests {
         }
     }
 
+    fn p(t: f64, consumed: f64) -> Point {
+        Point { t, consumed }
+    }
+
+    /// Samples every `step` seconds from `from` to `to` of a constant `rate`, starting at 0.
     fn line(rate: f64, from: f64, to: f64, step: f64) -> Vec<Point> {
         let mut v = Vec::new();
         let mut t = from;
         while t <= to {
-            v.push(Point {
-                t,
-                consumed: rate * (t - from),
-            });
+            v.push(p(t, rate * (t - from)));
             t += step;
         }
         v
     }
 
+    fn close(a: Option<f64>, b: Option<f64>) -> bool {
+        match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+            (a, b) => a == b,
+        }
+    }
+
+    /// (what, points, window seconds, now, burn computed by hand).
+    type BurnCase = (&'static str, Vec<Point>, f64, f64, Option<f64>);
+
     #[test]
-    fn constant_burn_is_recovered() {
-        let pts = line(0.5, 0.0, 7200.0, 60.0);
-        assert_eq!(burn_rate(&pts, 3600.0, 7200.0), Some(0.5));
+    fn burn_rate_table() {
+        let cases: Vec<BurnCase> = vec![
+            // 0.5/s sampled every minute for 2h; the 1h window is [3600, 7200]: (3600 - 1800) / 3600.
+            (
+                "constant burn",
+                line(0.5, 0.0, 7200.0, 60.0),
+                3600.0,
+                7200.0,
+                Some(0.5),
+            ),
+            // 5 minutes of a 1h window is 8.3% < 10%: nothing yet.
+            (
+                "8% coverage",
+                line(1.0, 0.0, 300.0, 60.0),
+                3600.0,
+                300.0,
+                None,
+            ),
+            // 6 minutes is exactly 10%: 360 / 360.
+            (
+                "10% coverage",
+                line(1.0, 0.0, 360.0, 60.0),
+                3600.0,
+                360.0,
+                Some(1.0),
+            ),
+            ("one sample", vec![p(0.0, 0.0)], 10.0, 5.0, None),
+            ("no samples", vec![], 10.0, 5.0, None),
+            // The last sample is older than the window: nothing seen recently is unknown, not 0.
+            (
+                "stale history",
+                line(1.0, 0.0, 100.0, 10.0),
+                10.0,
+                200.0,
+                None,
+            ),
+            // Samples at 0, 40, 80 with 0, 40, 200 consumed; window [30, 80]. At 30 the consumption
+            // is interpolated between 0 and 40: 0 + 30/40 * 40 = 30. (200 - 30) / (80 - 30) = 3.4.
+            (
+                "interpolated window start",
+                vec![p(0.0, 0.0), p(40.0, 40.0), p(80.0, 200.0)],
+                50.0,
+                80.0,
+                Some(3.4),
+            ),
+            // Samples after `now` are ignored: window [50, 100] over 0.5/s, the point at 150 is not
+            // seen. (50 - 25) / 50.
+            (
+                "points after now",
+                line(0.5, 0.0, 150.0, 50.0),
+                50.0,
+                100.0,
+                Some(0.5),
+            ),
+            // A flat history is a real zero burn.
+            (
+                "no consumption",
+                vec![p(0.0, 7.0), p(60.0, 7.0)],
+                60.0,
+                60.0,
+                Some(0.0),
+            ),
+            // Daemon down from 100 to 1000 while 4500 were consumed (5/s); window [910, 1010] sits
+            // almost entirely in the gap. Start: interpolated between (100, 1000) and (1000, 5500):
+            // 1000 + (810 / 900) * 4500 = 5050. End (1010, 5550). (5550 - 5050) / 100 = 5.
+            (
+                "a gap is the average over the gap",
+                {
+                    let mut v = line(10.0, 0.0, 100.0, 10.0);
+                    v.push(p(1000.0, 5500.0));
+                    v.push(p(1010.0, 5550.0));
+                    v
+                },
+                100.0,
+                1010.0,
+                Some(5.0),
+            ),
+            // First poll after a restart that followed a gap longer than the window: the window
+            // [990, 1000] lies inside the gap. (5500 - 5450) / 10 = 5, where
+            // 5450 = 1000 + (890 / 900) * 4500.
+            (
+                "first poll after a long gap",
+                {
+                    let mut v = line(10.0, 0.0, 100.0, 10.0);
+                    v.push(p(1000.0, 5500.0));
+                    v
+                },
+                10.0,
+                1000.0,
+                Some(5.0),
+            ),
+        ];
+        for (what, pts, window, now, want) in cases {
+            let got = burn_rate(&pts, window, now);
+            assert!(close(got, want), "{what}: got {got:?}, want {want:?}");
+        }
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
     #[test]
-    fn window_needs_two_samples_and_ten_percent_coverage() {
-        let pts = line(1.0, 0.0, 300.0, 60.0); // 5 minutes of a 1h window: 8%
-        assert_eq!(burn_rate(&pts, 3600.0, 300.0), None);
-        let pts = line(1.0, 0.0, 360.0, 60.0); // 6 minutes: exactly 10%
-        assert_eq!(burn_rate(&pts, 3600.0, 360.0), Some(1.0));
+    fn period_average_waits_for_ten_percent_of_the_period() {
+        // November 15 to December 15: 30 days = 2,592,000 s; 10% = 259,200 s = 3 days.
+        let period = Period {
+            start: at("2026-11-15T00:00:00Z"),
+            end: at("2026-12-15T00:00:00Z"),
+        };
+        // One second after the reset, 3 credits used: not 3/s, nothing.
         assert_eq!(
-            burn_rate(
-                &[Point {
-                    t: 0.0,
-                    consumed: 0.0
-                }],
-                10.0,
-                5.0
-            ),
+            period_burn_rate(Some(3.0), Some(period), at("2026-11-15T00:00:01Z")),
+            None
+        );
+        // 2d 23h 59m 59s in: still under 3 days.
+        assert_eq!(
+            period_burn_rate(Some(3.0), Some(period), at("2026-11-17T23:59:59Z")),
+            None
+        );
+        // Exactly 3 days: 25,920 / 259,200 = 0.1.
+        assert_eq!(
+            period_burn_rate(Some(25_920.0), Some(period), at("2026-11-18T00:00:00Z")),
+            Some(0.1)
+        );
+        assert_eq!(
+            period_burn_rate(None, Some(period), at("2026-11-18T00:00:00Z")),
+            None
+        );
+        assert_eq!(
+            period_burn_rate(Some(1.0), None, at("2026-11-18T00:00:00Z")),
             None
         );
     }
 
-    #[test]
-    fn a_gap_is_averaged_not_zero() {
-        // 10/s until t=100, daemon down until t=1000 while 5000 were consumed, then 10/s again.
-        let mut pts = line(10.0, 0.0, 100.0, 10.0);
-        pts.push(Point {
-            t: 1000.0,
-            consumed: 1000.0 + 5000.0,
-        });
-        pts.push(Point {
-            t: 1010.0,
-            consumed: 6100.0,
-        });
-        let b = burn_rate(&pts, 2000.0, 1010.0).unwrap();
-        assert!((b - 6100.0 / 1010.0).abs() < 1e-9);
+    fn input<'a>(
+        points: &'a [Point],
+        window: &'a [Window],
+        used: Option<f64>,
+        remaining: Option<f64>,
+        period: Option<Period>,
+        now: DateTime<Utc>,
+    ) -> ForecastInput<'a> {
+        ForecastInput {
+            points,
+            windows: window,
+            forecast_window: &window[0],
+            used,
+            remaining,
+            period,
+            now,
+        }
     }
 
     #[test]
     fn projections_hand_computed() {
-        // 1000 left, burning 1/s over the last hour, reset in 2000s: exhausts in 1000s, -1000 at reset.
+        // 1000 left, burning 1/s over the last hour, reset in 2000 s: exhausts 1000 s from now,
+        // 1000 - 1 * 2000 = -1000 at the reset. The period began a day ago (10% of its 86,400 +
+        // 2000 s is 8,840 s), 43,200 used: 43,200 / 86,400 = 0.5/s.
         let now = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
-        let n = now.timestamp() as f64;
+        let n = 1_800_000_000.0;
         let pts = line(1.0, n - 3600.0, n, 60.0);
         let period = Period {
             start: now - chrono::Duration::seconds(86_400),
             end: now + chrono::Duration::seconds(2000),
         };
-        let f = forecast(&ForecastInput {
-            points: &pts,
-            windows: &[w("1h", 3600)],
-            forecast_window: &w("1h", 3600),
-            used: Some(43_200.0),
-            remaining: Some(1000.0),
-            period: Some(period),
+        let win = [w("1h", 3600)];
+        let f = forecast(&input(
+            &pts,
+            &win,
+            Some(43_200.0),
+            Some(1000.0),
+            Some(period),
             now,
-        });
+        ));
         assert_eq!(f.burn, vec![("1h".to_string(), 1.0)]);
         assert_eq!(f.burn_period, Some(0.5));
+        assert_eq!(f.burn_forecast, Some(1.0));
         assert_eq!(f.exhaustion, Some(n + 1000.0));
         assert_eq!(f.projected_remaining_at_reset, Some(-1000.0));
         assert_eq!(f.exhausts_before_reset, Some(true));
+
+        // 3000 left at the same burn: exhausts at +3000, after the reset; 3000 - 2000 = 1000 left.
+        let f = forecast(&input(
+            &pts,
+            &win,
+            Some(43_200.0),
+            Some(3000.0),
+            Some(period),
+            now,
+        ));
+        assert_eq!(f.exhaustion, Some(n + 3000.0));
+        assert_eq!(f.projected_remaining_at_reset, Some(1000.0));
+        assert_eq!(f.exhausts_before_reset, Some(false));
+
+        // Exactly 2000 left: runs out at the reset instant, not before it.
+        let f = forecast(&input(
+            &pts,
+            &win,
+            Some(43_200.0),
+            Some(2000.0),
+            Some(period),
+            now,
+        ));
+        assert_eq!(f.projected_remaining_at_reset, Some(0.0));
+        assert_eq!(f.exhausts_before_reset, Some(false));
     }
 
     #[test]
     fn period_average_is_the_fallback_and_never_reset_is_false() {
+        // No history; the period average is 100 / 1000 = 0.1/s (1000 s of a 2000 s period):
+        // 500 - 0.1 * 1000 = 400 at the reset, exhaustion at +500 / 0.1 = +5000.
         let now = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
         let period = Period {
             start: now - chrono::Duration::seconds(1000),
             end: now + chrono::Duration::seconds(1000),
         };
-        let f = forecast(&ForecastInput {
-            points: &[],
-            windows: &[w("1h", 3600)],
-            forecast_window: &w("1h", 3600),
-            used: Some(100.0),
-            remaining: Some(500.0),
-            period: Some(period),
+        let win = [w("1h", 3600)];
+        let f = forecast(&input(
+            &[],
+            &win,
+            Some(100.0),
+            Some(500.0),
+            Some(period),
             now,
-        });
+        ));
         assert!(f.burn.is_empty());
         assert_eq!(f.burn_forecast, Some(0.1));
+        assert_eq!(f.exhaustion, Some(1_800_005_000.0));
         assert_eq!(f.projected_remaining_at_reset, Some(400.0));
         assert_eq!(f.exhausts_before_reset, Some(false));
 
-        let f = forecast(&ForecastInput {
-            period: None,
-            used: None,
-            ..ForecastInput {
-                points: &[],
-                windows: &[],
-                forecast_window: &w("1h", 3600),
-                used: None,
-                remaining: Some(1.0),
-                period: None,
-                now,
-            }
-        });
+        // A balance that never resets and has no burn yet: no exhaustion, verdict 0, no reset.
+        let f = forecast(&input(&[], &win, None, Some(1.0), None, now));
         assert_eq!(f.exhausts_before_reset, Some(false));
+        assert_eq!((f.exhaustion, f.projected_remaining_at_reset), (None, None));
+
+        // Resetting pool, burn unknown: nothing projected, no verdict.
+        let f = forecast(&input(&[], &win, None, Some(1.0), Some(period), now));
+        assert_eq!(
+            (
+                f.exhaustion,
+                f.projected_remaining_at_reset,
+                f.exhausts_before_reset
+            ),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn zero_burn_has_no_exhaustion() {
+        let now = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+        let pts = [p(1_799_999_000.0, 5.0), p(1_800_000_000.0, 5.0)];
+        let win = [w("1h", 3600)];
+        let period = Period {
+            start: now - chrono::Duration::seconds(100),
+            end: now + chrono::Duration::seconds(100),
+        };
+        let f = forecast(&input(&pts, &win, Some(5.0), Some(50.0), Some(period), now));
+        assert_eq!(f.burn_forecast, Some(0.0));
         assert_eq!(f.exhaustion, None);
+        assert_eq!(f.projected_remaining_at_reset, Some(50.0));
+        assert_eq!(f.exhausts_before_reset, Some(false));
+    }
+
+    #[test]
+    fn exhausted_pool() {
+        // Nothing left: exhausted now, before the reset, and 0 - 1 * 100 = -100 short at it.
+        let now = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
+        let n = 1_800_000_000.0;
+        let pts = line(1.0, n - 3600.0, n, 60.0);
+        let win = [w("1h", 3600)];
+        let period = Period {
+            start: now - chrono::Duration::seconds(10_000),
+            end: now + chrono::Duration::seconds(100),
+        };
+        let f = forecast(&input(&pts, &win, Some(1.0), Some(0.0), Some(period), now));
+        assert_eq!(f.exhaustion, Some(n));
+        assert_eq!(f.projected_remaining_at_reset, Some(-100.0));
+        assert_eq!(f.exhausts_before_reset, Some(true));
+        // A balance that never resets is exhausted too, but never "before its reset".
+        let f = forecast(&input(&pts, &win, None, Some(0.0), None, now));
+        assert_eq!(
+            (f.exhaustion, f.exhausts_before_reset),
+            (Some(n), Some(false))
+        );
     }
 
     #[test]
     fn unlimited_pools_get_no_projection() {
         let now = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
-        let n = now.timestamp() as f64;
+        let n = 1_800_000_000.0;
         let pts = line(1.0, n - 3600.0, n, 60.0);
-        let f = forecast(&ForecastInput {
-            points: &pts,
-            windows: &[w("1h", 3600)],
-            forecast_window: &w("1h", 3600),
-            used: Some(5.0),
-            remaining: None,
-            period: None,
-            now,
-        });
+        let win = [w("1h", 3600)];
+        let f = forecast(&input(&pts, &win, Some(5.0), None, None, now));
         assert_eq!(f.burn.len(), 1);
         assert_eq!(
             (
@@ -297,5 +523,56 @@ mod tests {
             ),
             (None, None, None)
         );
+    }
+
+    #[test]
+    fn the_forecast_switches_periods_at_the_reset_instant() {
+        // Anchor Jan 15: the reset is 2026-12-15T00:00:00Z = 1,797,292,800. 2/s over the last
+        // 10 s in both readings (consumption is continuous across the reset).
+        let schedule = schedule::Schedule::Monthly {
+            anchor: chrono::NaiveDate::from_ymd_opt(2026, 1, 15).unwrap(),
+        };
+        let reset = 1_797_292_800.0;
+        let win = [w("10s", 10)];
+        let pts = line(2.0, reset - 20.0, reset, 1.0);
+
+        // One second before: 182 left (top-ups only), reset in 1 s: 182 - 2 * 1 = 180 left at it.
+        let before = at("2026-12-14T23:59:59Z");
+        let f = forecast(&input(
+            &pts[..20],
+            &win,
+            Some(1000.0),
+            Some(182.0),
+            schedule.period_at(before),
+            before,
+        ));
+        assert_eq!(f.burn_forecast, Some(2.0));
+        assert_eq!(f.projected_remaining_at_reset, Some(180.0));
+        assert_eq!(f.exhausts_before_reset, Some(false));
+        // The November period's average: 1000 used over 29 days 23:59:59 = 2,591,999 s.
+        assert!(close(f.burn_period, Some(1000.0 / 2_591_999.0)));
+
+        // At the instant: the December period has begun, its average is not yet meaningful, and
+        // the projection runs to January 15 (31 days = 2,678,400 s): 1180 - 2 * 2,678,400.
+        let at_reset = at("2026-12-15T00:00:00Z");
+        let period = schedule.period_at(at_reset).unwrap();
+        assert_eq!(period.start, at_reset);
+        assert_eq!(period.end, at("2027-01-15T00:00:00Z"));
+        let f = forecast(&input(
+            &pts,
+            &win,
+            Some(0.0),
+            Some(1180.0),
+            Some(period),
+            at_reset,
+        ));
+        assert_eq!(f.burn_forecast, Some(2.0));
+        assert_eq!(f.burn_period, None);
+        assert_eq!(f.exhaustion, Some(reset + 590.0));
+        assert_eq!(
+            f.projected_remaining_at_reset,
+            Some(1180.0 - 2.0 * 2_678_400.0)
+        );
+        assert_eq!(f.exhausts_before_reset, Some(true));
     }
 }

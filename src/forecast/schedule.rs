@@ -211,6 +211,54 @@ mod tests {
         assert_eq!(Schedule::Never.period_at(start), None);
     }
 
+    /// At the reset instant the new period has begun; a millisecond before, the old one is
+    /// still current. (schedule, reset instant, the period after it, computed by hand.)
+    #[test]
+    fn every_schedule_switches_at_the_reset_instant() {
+        let ms = chrono::Duration::milliseconds(1);
+        let cases = [
+            (
+                Schedule::Monthly {
+                    anchor: d(2026, 1, 31),
+                },
+                "2026-04-30T00:00:00Z",
+                "2026-05-31T00:00:00Z",
+            ),
+            (
+                Schedule::Rolling {
+                    start: t("2026-05-01T06:30:00Z"),
+                    every: Every::Day,
+                },
+                "2026-05-09T06:30:00Z",
+                "2026-05-10T06:30:00Z",
+            ),
+            (
+                // 2026-05-01 + 7 * 7 days = 2026-06-19.
+                Schedule::Rolling {
+                    start: t("2026-05-01T00:00:00Z"),
+                    every: Every::Week,
+                },
+                "2026-06-19T00:00:00Z",
+                "2026-06-26T00:00:00Z",
+            ),
+            (
+                Schedule::Rolling {
+                    start: t("2026-01-31T12:00:00Z"),
+                    every: Every::Month,
+                },
+                "2026-02-28T12:00:00Z",
+                "2026-03-31T12:00:00Z",
+            ),
+        ];
+        for (s, reset, next) in cases {
+            let (reset, next) = (t(reset), t(next));
+            let before = s.period_at(reset - ms).unwrap();
+            assert_eq!(before.end, reset, "{s:?}");
+            let at = s.period_at(reset).unwrap();
+            assert_eq!((at.start, at.end), (reset, next), "{s:?}");
+        }
+    }
+
     #[test]
     fn add_months_never_drifts() {
         assert_eq!(add_months_clamped(d(2026, 1, 31), 1), d(2026, 2, 28));
