@@ -260,16 +260,25 @@ impl Supervisor {
         }
     }
 
+    /// Hourly store maintenance: downsample old history, then drop what is past the retention.
     async fn prune(&self) {
         let retention = self.config.retention();
-        let cutoff = self.deps.clock.now()
-            - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(2));
+        let now = self.deps.clock.now();
+        let cutoff =
+            now - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(2));
         let store = self.deps.store.clone();
-        match tokio::task::spawn_blocking(move || store.prune(cutoff.timestamp_millis())).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!(deleted = n, "pruned old samples"),
+        let work = move || -> Result<(usize, usize), StoreError> {
+            let compacted = store.compact(now.timestamp_millis())?;
+            let pruned = store.prune(cutoff.timestamp_millis())?;
+            Ok((compacted, pruned))
+        };
+        match tokio::task::spawn_blocking(work).await {
+            Ok(Ok((compacted, pruned))) if compacted + pruned > 0 => {
+                tracing::info!(compacted, pruned, "compacted and pruned old samples")
+            }
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "pruning the state store failed"),
-            Err(e) => tracing::error!(error = %e, "pruning task failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "store maintenance failed"),
+            Err(e) => tracing::error!(error = %e, "store maintenance task failed"),
         }
     }
 

@@ -69,11 +69,12 @@ pub async fn poll_once(account: &AccountConfig, deps: &PollerDeps) -> Result<(),
         Ok(reading) => {
             let store = deps.store.clone();
             let acc = account.clone();
-            let (snapshot, store_error) =
+            let (mut snapshot, store_error) =
                 tokio::task::spawn_blocking(move || ingest(&store, &acc, reading, now))
                     .await
                     .expect("ingest does not panic");
             if let Some(e) = store_error {
+                keep_totals(&mut snapshot, &deps.state, &account.name);
                 // The values are still right; only history could not be written. Serve them and
                 // say so loudly; the next successful write picks up where this one left off.
                 tracing::error!(account = %account.name, error = %e, "could not record poll in the state store");
@@ -91,6 +92,23 @@ pub async fn poll_once(account: &AccountConfig, deps: &PollerDeps) -> Result<(),
     }
 }
 
+/// After a store error the totals may have been computed without the ledger: never let a pool's
+/// `consumed_total` go below what was last served.
+fn keep_totals(snapshot: &mut Snapshot, state: &State, account: &str) {
+    let Some(prev) = state.account(account).and_then(|a| a.snapshot) else {
+        return;
+    };
+    for pool in &mut snapshot.pools {
+        let before = prev
+            .pools
+            .iter()
+            .find(|p| p.reading.pool == pool.reading.pool && p.reading.key == pool.reading.key);
+        if let Some(before) = before {
+            pool.consumed_total = pool.consumed_total.max(before.consumed_total);
+        }
+    }
+}
+
 /// Turns a reading taken at `now` into samples (written to the store) and a snapshot with
 /// running totals and forecasts. A store error is returned beside the snapshot, whose totals are
 /// then computed from what the store last held.
@@ -101,7 +119,12 @@ pub fn ingest(
     now: DateTime<Utc>,
 ) -> (Snapshot, Option<StoreError>) {
     let now_ms = now.timestamp_millis();
-    let ledgers = store.ledgers(&account.name).unwrap_or_default();
+    // Without the ledgers the totals cannot be continued: write nothing rather than overwrite
+    // them with totals that restart from 0.
+    let (ledgers, ledger_error) = match store.ledgers(&account.name) {
+        Ok(l) => (l, None),
+        Err(e) => (Default::default(), Some(e)),
+    };
     let mut rows = Vec::with_capacity(reading.pools.len());
     let mut periods = Vec::with_capacity(reading.pools.len());
     for pool in &reading.pools {
@@ -133,7 +156,10 @@ pub fn ingest(
         });
         periods.push(period);
     }
-    let write = store.record(&account.name, &rows);
+    let write = match ledger_error {
+        Some(e) => Err(e),
+        None => store.record(&account.name, &rows),
+    };
 
     let windows = account.all_windows();
     let longest = windows

@@ -1,6 +1,8 @@
 //! The embedded store (SQLite in WAL mode): every successful reading as a sample, and each pool's ledger.
 //!
-//! `samples` is the history burn rates are computed from; it is pruned by age. `pools` is one row
+//! `samples` is the history burn rates are computed from; old samples are downsampled
+//! ([`Store::compact`]) and dropped past the retention ([`Store::prune`]), so it stays the same
+//! size however long the daemon runs. `pools` is one row
 //! per pool with its cumulative consumption and last observation, so `consumed_total` survives
 //! restarts and pruning. Each poll's rows are written in one transaction. The schema carries a
 //! version (`PRAGMA user_version`) and a list of migrations, applied in order on open.
@@ -11,6 +13,10 @@ use rusqlite::{Connection, params};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// How finely [`Store::compact`] keeps old history: a sample `age` old stands for at most
+/// `age / COMPACT_RESOLUTION` of time.
+pub const COMPACT_RESOLUTION: i64 = 128;
 
 /// The schema version this build writes. Bump it by appending to [`MIGRATIONS`].
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -265,7 +271,9 @@ impl Store {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// A pool's cumulative-consumption history since `since_ms`, oldest first.
+    /// A pool's cumulative-consumption history since `since_ms`, oldest first, preceded by the
+    /// last sample before `since_ms` when there is one: the burn over a window interpolates the
+    /// consumption at the window's start from the samples on either side of it.
     pub fn points(
         &self,
         account: &str,
@@ -275,8 +283,14 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT ts_ms, consumed FROM samples
-                 WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms >= ?4 ORDER BY ts_ms",
+                "SELECT ts_ms, consumed FROM (
+                   SELECT ts_ms, consumed FROM samples
+                   WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms < ?4
+                   ORDER BY ts_ms DESC LIMIT 1)
+                 UNION ALL
+                 SELECT ts_ms, consumed FROM samples
+                 WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms >= ?4
+                 ORDER BY ts_ms",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -335,11 +349,88 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Deletes samples older than `before_ms`; ledgers are kept. Returns how many were deleted.
+    /// Number of samples stored, all accounts.
+    pub fn total_samples(&self) -> Result<i64, StoreError> {
+        self.conn()
+            .query_row("SELECT COUNT(*) FROM samples", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Size of the database in bytes (pages in use or free, the WAL's pages included).
+    pub fn size_bytes(&self) -> Result<i64, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Deletes samples older than `before_ms`, except each pool's newest sample: after a long
+    /// gap it is what the first new reading's consumption is spread over. Ledgers are kept.
+    /// Returns how many samples were deleted.
     pub fn prune(&self, before_ms: i64) -> Result<usize, StoreError> {
         self.conn()
-            .execute("DELETE FROM samples WHERE ts_ms < ?1", params![before_ms])
+            .execute(
+                "DELETE FROM samples WHERE ts_ms < ?1 AND ts_ms < (
+                   SELECT MAX(s.ts_ms) FROM samples s
+                   WHERE s.account = samples.account AND s.pool = samples.pool AND s.key = samples.key)",
+                params![before_ms],
+            )
             .map_err(|e| self.err(e))
+    }
+
+    /// Downsamples old history so its size grows with the logarithm of its age, not linearly.
+    ///
+    /// A sample `age` old is kept only if it is the newest in its bucket of
+    /// `2^floor(log2(age / COMPACT_RESOLUTION))` ms (aligned on multiples of the bucket size), or
+    /// the pool's oldest sample. A burn window of length `W` interpolates its start between
+    /// samples at most `W / COMPACT_RESOLUTION` apart, and a constant burn is unaffected. Each
+    /// doubling of age holds at most `COMPACT_RESOLUTION + 1` samples per pool, so with a
+    /// retention `R` a pool keeps about `COMPACT_RESOLUTION * log2(R / (COMPACT_RESOLUTION *
+    /// interval))` samples plus the recent ones at full resolution, however long it runs.
+    /// Buckets nest (each is two halves of the next size), so compacting again as samples age is
+    /// consistent. Returns how many samples were deleted.
+    pub fn compact(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let oldest: Option<i64> = tx
+            .query_row("SELECT MIN(ts_ms) FROM samples", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let Some(oldest) = oldest else {
+            return Ok(0);
+        };
+        let mut deleted = 0;
+        {
+            let mut del = tx
+                .prepare_cached(
+                    "DELETE FROM samples WHERE (account, pool, key, ts_ms) IN (
+                       SELECT account, pool, key, ts_ms FROM (
+                         SELECT account, pool, key, ts_ms, ROW_NUMBER() OVER (
+                           PARTITION BY account, pool, key, ts_ms / ?3 ORDER BY ts_ms DESC) AS n
+                         FROM samples WHERE ts_ms > ?1 AND ts_ms <= ?2)
+                       WHERE n > 1)
+                     AND ts_ms > (SELECT MIN(s.ts_ms) FROM samples s
+                       WHERE s.account = samples.account AND s.pool = samples.pool AND s.key = samples.key)",
+                )
+                .map_err(|e| self.err(e))?;
+            // Buckets under a second would not merge samples taken at least a second apart.
+            let mut bucket: i64 = 1024;
+            while COMPACT_RESOLUTION * bucket <= now_ms - oldest {
+                // Ages [R * bucket, 2 * R * bucket) use this bucket size; the last tier takes
+                // everything older.
+                let newest = now_ms - COMPACT_RESOLUTION * bucket;
+                let older = now_ms - 2 * COMPACT_RESOLUTION * bucket;
+                let from = if older < oldest { i64::MIN } else { older };
+                deleted += del
+                    .execute(params![from, newest, bucket])
+                    .map_err(|e| self.err(e))?;
+                bucket *= 2;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(deleted)
     }
 
     pub fn path(&self) -> &str {
@@ -475,5 +566,163 @@ mod tests {
             .unwrap();
         let e = Store::open(&path).unwrap_err();
         assert!(e.to_string().contains("schema version 99"), "{e}");
+    }
+
+    fn ai() -> PoolId {
+        PoolId {
+            pool: "ai".into(),
+            key: String::new(),
+        }
+    }
+
+    #[test]
+    fn points_start_with_the_sample_before_the_window() {
+        let s = Store::in_memory();
+        for (ts, c) in [(1000, 1.0), (2000, 2.0), (3000, 3.0), (4000, 4.0)] {
+            s.record("a", &[row(ts, c)]).unwrap();
+        }
+        let t: Vec<f64> = s
+            .points("a", &ai(), 2500)
+            .unwrap()
+            .iter()
+            .map(|p| p.t)
+            .collect();
+        assert_eq!(t, vec![2.0, 3.0, 4.0]);
+        let t: Vec<f64> = s
+            .points("a", &ai(), 3000)
+            .unwrap()
+            .iter()
+            .map(|p| p.t)
+            .collect();
+        assert_eq!(t, vec![2.0, 3.0, 4.0]);
+        let t: Vec<f64> = s
+            .points("a", &ai(), 0)
+            .unwrap()
+            .iter()
+            .map(|p| p.t)
+            .collect();
+        assert_eq!(t, vec![1.0, 2.0, 3.0, 4.0]);
+        assert!(s.points("b", &ai(), 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn prune_keeps_each_pools_newest_sample() {
+        let s = Store::in_memory();
+        let mut other = row(1500, 7.0);
+        other.id.pool = "compression".into();
+        s.record("a", &[row(1000, 1.0), other]).unwrap();
+        s.record("a", &[row(2000, 2.0)]).unwrap();
+        s.record("b", &[row(1200, 5.0)]).unwrap();
+        // Everything is older than the cutoff; only the ai pool of "a" has an older sample.
+        assert_eq!(s.prune(10_000).unwrap(), 1);
+        assert_eq!(s.sample_count("a").unwrap(), 2);
+        assert_eq!(s.sample_count("b").unwrap(), 1);
+        assert_eq!(s.points("a", &ai(), 0).unwrap()[0].t, 2.0);
+    }
+
+    #[test]
+    fn compaction_keeps_the_newest_sample_per_bucket_and_the_oldest() {
+        let s = Store::in_memory();
+        // One sample a second for 10 minutes, compacted at 600 s.
+        for i in 0..=600 {
+            s.record("a", &[row(i * 1000, i as f64)]).unwrap();
+        }
+        s.compact(600_000).unwrap();
+        let t: Vec<i64> = s
+            .points("a", &ai(), 0)
+            .unwrap()
+            .iter()
+            .map(|p| p.t as i64)
+            .collect();
+        // Ages under 128 * 1.024 s = 131.072 s (t > 468.928) keep every sample: 469..=600.
+        // Ages in [131.072, 262.144) s (t in (337.856, 468.928]) keep the newest per 1.024 s
+        // bucket: 131 samples in 128 buckets (+1 where the tier's edge cuts a bucket). Ages in
+        // [262.144, 524.288) s (t in (75.712, 337.856]) keep the newest per 2.048 s bucket: 128
+        // (+1). The oldest tier (t <= 75.712) keeps the newest per 4.096 s bucket: 75 / 4.096 =
+        // 18.3, so 18 or 19 (+1). The oldest sample (t = 0) stays.
+        assert_eq!(t[0], 0);
+        assert!((469..=600).all(|x| t.contains(&x)), "recent samples kept");
+        let tier = |lo: i64, hi: i64| t.iter().filter(|x| **x >= lo && **x <= hi).count();
+        assert!((128..=129).contains(&tier(338, 468)), "{}", tier(338, 468));
+        assert!((128..=129).contains(&tier(76, 337)), "{}", tier(76, 337));
+        assert!((18..=20).contains(&tier(1, 75)), "{}", tier(1, 75));
+        // No two kept samples of a tier share a bucket.
+        for (lo, hi, bucket) in [(338, 468, 1024), (76, 337, 2048), (1, 75, 4096)] {
+            let b: Vec<i64> = t
+                .iter()
+                .filter(|x| **x >= lo && **x <= hi)
+                .map(|x| x * 1000 / bucket)
+                .collect();
+            let mut d = b.clone();
+            d.dedup();
+            assert_eq!(b, d, "bucket {bucket}");
+        }
+        // Compacting again at the same instant changes nothing.
+        assert_eq!(s.compact(600_000).unwrap(), 0);
+    }
+
+    /// Weeks of 1-minute polls of two pools through the store, compacted and pruned every hour
+    /// as the daemon does (default retention for burn windows of 1h and 24h: 2 days). The number
+    /// of samples and the file size stop growing once the retention is reached, and the burn over
+    /// the longest window, read back from the compacted history, is still right.
+    #[test]
+    fn weeks_of_polls_stay_bounded_and_keep_the_burn() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.db")).unwrap();
+        let retention_ms: i64 = 2 * 86_400_000;
+        let start: i64 = 1_800_000_000_000;
+        let minute: i64 = 60_000;
+        let weeks = 3;
+        // Consumption follows a daily cycle: rate(t) = 1 + 0.5 sin(2 pi t / 1 day) credits/s, so
+        // consumed(t) = t + 0.5 * (1 - cos(2 pi t / day)) * day / (2 pi), t in seconds from start.
+        let day = 86_400.0;
+        let consumed = |t_ms: i64| {
+            let t = (t_ms - start) as f64 / 1000.0;
+            t + 0.5 * (1.0 - (2.0 * std::f64::consts::PI * t / day).cos()) * day
+                / (2.0 * std::f64::consts::PI)
+        };
+        let mut per_week = Vec::new();
+        let polls = weeks * 7 * 24 * 60;
+        for i in 1..=polls {
+            let now = start + i * minute;
+            let c = consumed(now);
+            let mut other = row(now, c / 2.0);
+            other.id.pool = "compression".into();
+            s.record("a", &[row(now, c), other]).unwrap();
+            if i % 60 == 0 {
+                s.compact(now).unwrap();
+                s.prune(now - retention_ms).unwrap();
+            }
+            if i % (7 * 24 * 60) == 0 {
+                per_week.push((s.sample_count("a").unwrap(), s.size_bytes().unwrap()));
+            }
+        }
+        // Without compaction the retention alone would keep 2 days * 1440 = 2880 samples a pool.
+        // With it: about 140 recent samples at full resolution (ages under 2.3 h, where buckets
+        // are at most 32 s), 4 doublings of age of at most 129 samples (2.3 h to 37 h), and the
+        // part of the 37-74 h doubling within the retention, about 41: about 700 a pool.
+        eprintln!("samples and bytes at the end of each week: {per_week:?}");
+        for (count, _) in &per_week {
+            assert!(
+                *count <= 2 * 720,
+                "{count} samples for 2 pools: {per_week:?}"
+            );
+        }
+        let (c1, b1) = per_week[0];
+        let (c3, b3) = per_week[weeks as usize - 1];
+        assert!((c3 - c1).abs() <= 4, "sample count grows: {per_week:?}");
+        assert!(b3 <= b1 + b1 / 10, "store size grows: {per_week:?}");
+
+        let now = start + polls * minute;
+        for window in [3600.0, 86_400.0] {
+            let w_ms = (window * 1000.0) as i64;
+            let pts = s.points("a", &ai(), now - w_ms).unwrap();
+            let got = crate::forecast::burn_rate(&pts, window, now as f64 / 1000.0).unwrap();
+            let want = (consumed(now) - consumed(now - w_ms)) / window;
+            assert!(
+                (got - want).abs() <= 0.01 * want,
+                "{window}s window: {got} vs {want}"
+            );
+        }
     }
 }
