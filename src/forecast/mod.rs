@@ -90,7 +90,7 @@ fn secs(t: DateTime<Utc>) -> f64 {
 pub struct Forecast {
     /// Burn per configured window label, where the window has enough data.
     pub burn: Vec<(String, f64)>,
-    /// Average burn since the period start.
+    /// Average burn since the period start, once 10% of the period has elapsed.
     pub burn_period: Option<f64>,
     /// The burn that drives projections: the forecast window's, else the period average.
     pub burn_forecast: Option<f64>,

@@ -5,6 +5,7 @@ mod cli;
 mod daemon;
 mod external;
 mod fluximage;
+mod forecast;
 mod prometheus;
 mod rules;
 mod status_page;
