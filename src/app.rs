@@ -1,12 +1,14 @@
-//! Wiring: config → store → pollers → HTTP server, plus reload (SIGHUP, `POST /-/reload`) and clean shutdown.
+//! Wiring: config → store → pollers and metering proxies → HTTP server, plus reload (SIGHUP, `POST /-/reload`) and clean shutdown.
 
 use crate::clock::Clock;
 use crate::config::{AccountConfig, Config, ConfigError};
 use crate::http::HttpClient;
 use crate::metrics::Exporter;
 use crate::poller::{self, PollerDeps};
+use crate::proxy::server::{self as proxy_server, ProxyError};
+use crate::proxy::{Meter, ProxyServer};
 use crate::server::{self, ReloadRequest, Web};
-use crate::state::State;
+use crate::state::{ProxyInfo, State};
 use crate::store::{self, Store, StoreError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +45,12 @@ pub enum StartError {
     },
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("account {account:?}: {source}")]
+    Proxy {
+        account: String,
+        #[source]
+        source: ProxyError,
+    },
 }
 
 /// Start-up choices that are not part of the config file.
@@ -156,8 +164,14 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
         addr,
         cancel: cancel.clone(),
         pollers: HashMap::new(),
+        proxies: HashMap::new(),
     };
     for account in &config.accounts {
+        let listener = match sup.needs_listener(account) {
+            Some(addr) => Some(bind_proxy(&account.name, addr)?),
+            None => None,
+        };
+        sup.ensure_proxy(account, listener)?;
         sup.start_poller(account.clone(), true);
     }
     tracing::info!(
@@ -197,6 +211,19 @@ struct PollerHandle {
     task: JoinHandle<()>,
 }
 
+/// A fluxrouter account's proxy and the meter it books into (kept across listener restarts).
+struct RunningProxy {
+    server: ProxyServer,
+    meter: Arc<Meter>,
+}
+
+fn bind_proxy(account: &str, addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    proxy_server::bind(addr).map_err(|source| StartError::Proxy {
+        account: account.to_string(),
+        source,
+    })
+}
+
 /// Owns the pollers: starts them, swaps them on reload, prunes the store, stops them on shutdown.
 struct Supervisor {
     source: ConfigSource,
@@ -206,9 +233,74 @@ struct Supervisor {
     addr: SocketAddr,
     cancel: CancellationToken,
     pollers: HashMap<String, PollerHandle>,
+    proxies: HashMap<String, RunningProxy>,
 }
 
 impl Supervisor {
+    /// The address a new listener must be bound on for this account's proxy: when the account
+    /// has a proxy and none runs on its configured address yet.
+    fn needs_listener(&self, account: &AccountConfig) -> Option<SocketAddr> {
+        let want = account.provider.proxy()?.proxy_listen.0;
+        match self.proxies.get(&account.name) {
+            Some(p) if p.server.config().listen == want => None,
+            _ => Some(want),
+        }
+    }
+
+    /// Brings the account's proxy in line with its config: starts it on `listener` (reusing the
+    /// meter of a proxy it replaces), reconfigures a running one in place, or stops it when the
+    /// account no longer has one.
+    fn ensure_proxy(
+        &mut self,
+        account: &AccountConfig,
+        listener: Option<std::net::TcpListener>,
+    ) -> Result<(), StartError> {
+        let Some(settings) = account.provider.proxy() else {
+            self.stop_proxy(&account.name);
+            return Ok(());
+        };
+        let config = settings.proxy_config(account);
+        let Some(listener) = listener else {
+            if let Some(p) = self.proxies.get(&account.name) {
+                p.server.update(config);
+            }
+            return Ok(());
+        };
+        let meter = match self.proxies.get(&account.name) {
+            Some(p) => p.meter.clone(),
+            None => Meter::open(self.deps.store.clone(), &account.name)?,
+        };
+        let upstream = config.upstream.to_string();
+        let server = ProxyServer::start(listener, config, meter.clone(), self.deps.clock.clone())
+            .map_err(|source| StartError::Proxy {
+            account: account.name.clone(),
+            source,
+        })?;
+        let addr = server.addr;
+        if let Some(old) = self.proxies.insert(
+            account.name.clone(),
+            RunningProxy {
+                server,
+                meter: meter.clone(),
+            },
+        ) {
+            // Requests in flight on the old listener finish and are still metered.
+            drop(old.server.shutdown());
+        }
+        self.deps
+            .state
+            .set_proxy(&account.name, ProxyInfo { addr, meter });
+        tracing::info!(account = %account.name, %addr, %upstream, "fluxrouter metering proxy listening");
+        Ok(())
+    }
+
+    fn stop_proxy(&mut self, name: &str) {
+        if let Some(p) = self.proxies.remove(name) {
+            drop(p.server.shutdown());
+            self.deps.state.remove_proxy(name);
+        }
+    }
+
     fn start_poller(&mut self, account: AccountConfig, gate_readiness: bool) {
         let account = Arc::new(account);
         self.deps
@@ -258,6 +350,21 @@ impl Supervisor {
             p.cancel.cancel();
             let _ = p.task.await;
         }
+        // Stop accepting, make sure every cost booked so far is committed, then let requests in
+        // flight finish (bounded by the caller's grace period).
+        let proxies: Vec<_> = self
+            .proxies
+            .drain()
+            .map(|(_, p)| (p.server.shutdown(), p.meter))
+            .collect();
+        for (_, meter) in &proxies {
+            if !meter.flush().await {
+                tracing::error!("proxy ledger could not be committed at shutdown");
+            }
+        }
+        for (task, _) in proxies {
+            let _ = task.await;
+        }
     }
 
     /// Hourly store maintenance: downsample old history, then drop what is past the retention.
@@ -279,6 +386,36 @@ impl Supervisor {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "store maintenance failed"),
             Err(e) => tracing::error!(error = %e, "store maintenance task failed"),
+        }
+        // Each proxy's request log is kept for its own retention; its totals are never pruned.
+        let now = self.deps.clock.now();
+        let logs: Vec<(String, i64)> = self
+            .config
+            .accounts
+            .iter()
+            .filter_map(|a| {
+                let keep = a.provider.proxy()?.request_log_retention();
+                let cutoff = now - chrono::Duration::from_std(keep).ok()?;
+                Some((a.name.clone(), cutoff.timestamp_millis()))
+            })
+            .collect();
+        if logs.is_empty() {
+            return;
+        }
+        let store = self.deps.store.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            logs.iter()
+                .map(|(name, cutoff)| store.prune_proxy_log(name, *cutoff))
+                .sum::<Result<usize, _>>()
+        })
+        .await;
+        match pruned {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(deleted = n, "pruned old proxy request log entries")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "pruning the proxy request log failed"),
+            Err(e) => tracing::error!(error = %e, "pruning task failed"),
         }
     }
 
@@ -310,6 +447,23 @@ impl Supervisor {
         if new.max_concurrent_polls != self.config.max_concurrent_polls {
             self.deps.limit = Arc::new(Semaphore::new(new.max_concurrent_polls));
         }
+        // Bind every proxy listener the new config needs before changing anything, so a taken
+        // address fails the reload and leaves the running config untouched.
+        let mut listeners = HashMap::new();
+        for account in &new.accounts {
+            if let Some(addr) = self.needs_listener(account) {
+                match bind_proxy(&account.name, addr) {
+                    Ok(l) => {
+                        listeners.insert(account.name.clone(), l);
+                    }
+                    Err(e) => {
+                        self.deps.state.set_reload(false, now);
+                        tracing::error!("config reload failed; keeping the previous config: {e}");
+                        return Err(e.to_string());
+                    }
+                }
+            }
+        }
         self.web
             .enable_reload
             .store(new.reload_enabled(self.addr), Ordering::Relaxed);
@@ -321,25 +475,37 @@ impl Supervisor {
         for name in running {
             if !wanted.contains_key(name.as_str()) {
                 self.stop_poller(&name);
+                self.stop_proxy(&name);
                 self.deps.state.remove_account(&name);
                 removed += 1;
             }
         }
+        let mut failures = Vec::new();
         for account in &new.accounts {
-            match self.pollers.get(&account.name) {
-                Some(p) if *p.config == *account => {}
-                Some(_) => {
-                    self.stop_poller(&account.name);
-                    self.start_poller(account.clone(), false);
-                    changed += 1;
-                }
-                None => {
-                    self.start_poller(account.clone(), false);
-                    added += 1;
-                }
+            let unchanged =
+                matches!(self.pollers.get(&account.name), Some(p) if *p.config == *account);
+            if unchanged {
+                continue;
+            }
+            if let Err(e) = self.ensure_proxy(account, listeners.remove(&account.name)) {
+                // Only the store can fail here (the listener is bound): say so, keep the rest.
+                tracing::error!("{e}");
+                failures.push(e.to_string());
+            }
+            if self.pollers.contains_key(&account.name) {
+                self.stop_poller(&account.name);
+                self.start_poller(account.clone(), false);
+                changed += 1;
+            } else {
+                self.start_poller(account.clone(), false);
+                added += 1;
             }
         }
         self.config = new;
+        if !failures.is_empty() {
+            self.deps.state.set_reload(false, now);
+            return Err(failures.join("\n"));
+        }
         self.deps.state.set_reload(true, now);
         tracing::info!(added, changed, removed, "config reloaded");
         Ok(())

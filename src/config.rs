@@ -280,7 +280,7 @@ impl DateInput {
 }
 
 /// A humantime duration (`"5m"`, `"1h30m"`), keeping the text as written.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HumanDuration {
     pub text: String,
     pub duration: Duration,
@@ -526,6 +526,20 @@ impl Parser<'_> {
                     "duplicate account name: each account needs a unique name",
                 );
             }
+        }
+
+        // Two listeners cannot share a port: each proxy needs its own, apart from `listen`.
+        let mut taken: Vec<(SocketAddr, String)> = vec![(listen, "listen".to_string())];
+        for a in &accounts {
+            let Some(addr) = a.provider.proxy().map(|s| s.proxy_listen.0) else {
+                continue;
+            };
+            if let Some((_, other)) = taken.iter().find(|(t, _)| addresses_clash(*t, addr)) {
+                let message = format!("proxy_listen {addr} is already used by {other}");
+                let name = a.name.clone();
+                self.account(&name, message);
+            }
+            taken.push((addr, format!("the proxy of account {:?}", a.name)));
         }
 
         let enable_reload = top.enable_reload;
@@ -852,6 +866,13 @@ fn world_readable(path: &Path) -> bool {
 #[cfg(not(unix))]
 fn world_readable(_: &Path) -> bool {
     false
+}
+
+/// Whether two listen addresses would take the same port (port 0 picks a free one: never).
+fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Parses `HOST:PORT` or `:PORT` (all interfaces).

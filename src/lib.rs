@@ -11,6 +11,7 @@ pub mod once;
 pub mod poller;
 pub mod providers;
 pub mod runbook;
+pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod state;

@@ -5,10 +5,12 @@
 //! half-updated account: each account is read from one consistent snapshot.
 
 use crate::providers::Unit;
+use crate::proxy::Counters;
 use crate::state::{AccountState, State};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
+use rust_decimal::prelude::ToPrimitive;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
@@ -19,6 +21,8 @@ pub const REVISION: &str = env!("CREDITWATCH_REVISION");
 
 const ACCOUNT: &[&str] = &["provider", "account"];
 const POOL: &[&str] = &["provider", "account", "pool", "key"];
+const PROXY: &[&str] = &["provider", "account", "model"];
+const PROXY_KEY: &[&str] = &["provider", "account", "key"];
 
 /// Name, help, type and labels of one family.
 struct Spec {
@@ -65,6 +69,12 @@ fn specs() -> &'static [Spec] {
             spec("creditwatch_exhaustion_timestamp_seconds", "Unix time the pool runs out at the forecast burn rate.", GAUGE, POOL),
             spec("creditwatch_exhausts_before_reset", "1 if the pool is projected to run out before its next reset, else 0.", GAUGE, POOL),
             spec("creditwatch_pool_available", "1 if the provider says the pool can be used now, else 0.", GAUGE, POOL),
+            spec("creditwatch_proxy_requests_total", "Requests through the metering proxy, by served model and HTTP status code.", COUNTER, &with(PROXY, "code")),
+            spec("creditwatch_proxy_cost_usd_total", "Spend through the metering proxy in USD, summed exactly from X-Flux-Cost-Usd.", COUNTER, PROXY),
+            spec("creditwatch_proxy_unpriced_requests_total", "Successful proxied requests whose cost is unknown (streaming, or a missing or malformed cost header).", COUNTER, PROXY),
+            spec("creditwatch_proxy_key_requests_total", "Requests through the metering proxy by key name (per-key attribution).", COUNTER, PROXY_KEY),
+            spec("creditwatch_proxy_key_cost_usd_total", "Spend through the metering proxy in USD by key name (per-key attribution).", COUNTER, PROXY_KEY),
+            spec("creditwatch_proxy_ledger_write_errors_total", "Failed commits of the proxy's spend ledger since start (costs are kept in memory and retried).", COUNTER, ACCOUNT),
             spec("creditwatch_build_info", "Build information; always 1.", GAUGE, &["version", "revision"]),
             spec("creditwatch_config_last_reload_successful", "1 if the last configuration load succeeded, else 0.", GAUGE, &[]),
             spec("creditwatch_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load.", GAUGE, &[]),
@@ -252,6 +262,56 @@ fn account_families(f: &mut Families, name: &str, a: &AccountState) {
     }
 }
 
+/// The proxy series of one fluxrouter account, read live from its meter: they move with every
+/// request, not only at polls, and start from the ledger's totals after a restart.
+fn proxy_families(f: &mut Families, name: &str, c: &Counters) {
+    let provider = "fluxrouter";
+    for ((model, code), n) in &c.requests {
+        f.add(
+            "creditwatch_proxy_requests_total",
+            &[
+                ("provider", provider),
+                ("account", name),
+                ("model", model),
+                ("code", &code.to_string()),
+            ],
+            *n as f64,
+        );
+    }
+    for (model, cost) in &c.cost {
+        f.add(
+            "creditwatch_proxy_cost_usd_total",
+            &[("provider", provider), ("account", name), ("model", model)],
+            cost.to_f64().unwrap_or(f64::MAX),
+        );
+    }
+    for (model, n) in &c.unpriced {
+        f.add(
+            "creditwatch_proxy_unpriced_requests_total",
+            &[("provider", provider), ("account", name), ("model", model)],
+            *n as f64,
+        );
+    }
+    for (key, (n, cost)) in &c.by_key {
+        let l = [
+            ("provider", provider),
+            ("account", name),
+            ("key", key.as_str()),
+        ];
+        f.add("creditwatch_proxy_key_requests_total", &l, *n as f64);
+        f.add(
+            "creditwatch_proxy_key_cost_usd_total",
+            &l,
+            cost.to_f64().unwrap_or(f64::MAX),
+        );
+    }
+    f.add(
+        "creditwatch_proxy_ledger_write_errors_total",
+        &[("provider", provider), ("account", name)],
+        c.write_errors as f64,
+    );
+}
+
 /// The exporter's collector. It can be registered in any `prometheus::Registry`.
 pub struct Exporter {
     state: Arc<State>,
@@ -317,6 +377,9 @@ impl Collector for Exporter {
         }
         for (name, a) in &self.state.accounts() {
             account_families(&mut f, name, a);
+        }
+        for (name, p) in &self.state.proxies() {
+            proxy_families(&mut f, name, &p.meter.counters());
         }
         f.by_name.into_values().collect()
     }

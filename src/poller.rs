@@ -53,10 +53,12 @@ pub async fn poll_once(account: &AccountConfig, deps: &PollerDeps) -> Result<(),
     let permit = deps.limit.acquire().await.expect("semaphore never closed");
     let now = deps.clock.now();
     let started = Instant::now();
+    let proxy = deps.state.proxy(&account.name);
     let ctx = PollContext {
         http: &deps.http,
         account,
         now,
+        meter: proxy.as_ref().map(|p| p.meter.as_ref()),
     };
     let result = match tokio::time::timeout(account.timeout, account.provider.poll(&ctx)).await {
         Ok(Err(PollError::Timeout(_))) | Err(_) => Err(PollError::Timeout(account.timeout)),
@@ -138,11 +140,14 @@ pub fn ingest(
             remaining: pool.remaining,
             period_start_ms: period.map(|p| p.start.timestamp_millis()),
         };
-        let consumed = match ledgers.get(&id) {
+        let consumed = match (ledgers.get(&id), pool.cumulative) {
+            // The provider's own exact total; never below what was already exported.
+            (Some(l), Some(total)) => total.max(l.consumed),
+            (None, Some(total)) => total,
             // A reading older than the ledger (clock stepped back) adds nothing.
-            Some(l) if l.last_ts_ms >= now_ms => l.consumed,
-            Some(l) => l.consumed + consumed_between(&l.last, &obs, pool.rule),
-            None => 0.0,
+            (Some(l), None) if l.last_ts_ms >= now_ms => l.consumed,
+            (Some(l), None) => l.consumed + consumed_between(&l.last, &obs, pool.rule),
+            (None, None) => 0.0,
         };
         rows.push(SampleRow {
             id,

@@ -4,8 +4,10 @@ use crate::config::Window;
 use crate::forecast::Forecast;
 use crate::forecast::schedule::Period;
 use crate::providers::{ERROR_REASONS, PoolReading};
+use crate::proxy::Meter;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -19,6 +21,16 @@ pub struct State {
     /// Accounts still waiting for their first poll; `/-/ready` answers 200 once it is empty.
     pending_first: RwLock<BTreeSet<String>>,
     reload: RwLock<ReloadStatus>,
+    /// Running metering proxies by account: their address and the meter the exporter reads live.
+    proxies: RwLock<BTreeMap<String, ProxyInfo>>,
+}
+
+/// A running metering proxy (fluxrouter accounts).
+#[derive(Debug, Clone)]
+pub struct ProxyInfo {
+    /// The address it is bound to.
+    pub addr: SocketAddr,
+    pub meter: Arc<Meter>,
 }
 
 /// Outcome of the last config (re)load.
@@ -88,6 +100,7 @@ impl Default for State {
             changes: watch::channel(0).0,
             pending_first: RwLock::default(),
             reload: RwLock::default(),
+            proxies: RwLock::default(),
         }
     }
 }
@@ -196,5 +209,24 @@ impl State {
 
     pub fn reload_status(&self) -> ReloadStatus {
         *self.reload.read().unwrap()
+    }
+
+    /// Registers (or replaces) an account's running proxy.
+    pub fn set_proxy(&self, name: &str, info: ProxyInfo) {
+        self.proxies.write().unwrap().insert(name.to_string(), info);
+        self.changed();
+    }
+
+    pub fn remove_proxy(&self, name: &str) {
+        self.proxies.write().unwrap().remove(name);
+        self.changed();
+    }
+
+    pub fn proxy(&self, name: &str) -> Option<ProxyInfo> {
+        self.proxies.read().unwrap().get(name).cloned()
+    }
+
+    pub fn proxies(&self) -> BTreeMap<String, ProxyInfo> {
+        self.proxies.read().unwrap().clone()
     }
 }

@@ -4,14 +4,17 @@
 //! ([`Store::compact`]) and dropped past the retention ([`Store::prune`]), so it stays the same
 //! size however long the daemon runs. `pools` is one row
 //! per pool with its cumulative consumption and last observation, so `consumed_total` survives
-//! restarts and pruning. Each poll's rows are written in one transaction. The schema carries a
+//! restarts and pruning. Each poll's rows are written in one transaction. `proxy_totals` and
+//! `proxy_requests` are the fluxrouter proxy's spend ledger and request log. The schema carries a
 //! version (`PRAGMA user_version`) and a list of migrations, applied in order on open.
 
 use crate::forecast::Point;
 use crate::forecast::consumption::Observation;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
+use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How finely [`Store::compact`] keeps old history: a sample `age` old stands for at most
@@ -51,6 +54,34 @@ const MIGRATIONS: &[&str] = &[
         period_start_ms INTEGER,
         PRIMARY KEY (account, pool, key)
     ) WITHOUT ROWID;",
+    // 2: the fluxrouter proxy's ledger. `proxy_totals` holds exact running totals (costs as
+    // decimal text, never REAL) by period, model, status code and key name; `proxy_requests` logs
+    // each metered request with its request id, and is pruned by age while the totals stay.
+    "CREATE TABLE proxy_totals (
+        account TEXT NOT NULL,
+        period_start_ms INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        code INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        unpriced INTEGER NOT NULL,
+        cost_usd TEXT NOT NULL,
+        PRIMARY KEY (account, period_start_ms, model, code, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE proxy_requests (
+        account TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        period_start_ms INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        code INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        key_hash TEXT,
+        request_id TEXT,
+        cost_usd TEXT,
+        note TEXT
+    );
+    CREATE INDEX proxy_requests_by_time ON proxy_requests (ts_ms);
+    CREATE INDEX proxy_requests_by_request_id ON proxy_requests (request_id);",
 ];
 
 /// A failure of the store, with the database path.
@@ -66,6 +97,8 @@ pub enum StoreError {
         "state store {path} has schema version {found}, newer than this build understands ({SCHEMA_VERSION}); use a newer creditwatch or another state_path"
     )]
     TooNew { path: String, found: i64 },
+    #[error("state store {path}: {detail}")]
+    Corrupt { path: String, detail: String },
 }
 
 /// A pool within an account: its name and, for per-key pools, the key name.
@@ -98,6 +131,46 @@ pub struct SampleRow {
     pub period_start_ms: Option<i64>,
     /// Cumulative consumption at this sample.
     pub consumed: f64,
+}
+
+/// One row of the proxy ledger: what a fluxrouter proxy served in one billing period for one
+/// model, upstream status code and key name (empty without per-key attribution).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProxyKey {
+    pub period_start_ms: i64,
+    pub model: String,
+    pub code: u16,
+    pub key: String,
+}
+
+/// Running totals of one [`ProxyKey`]. Costs are exact decimals.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyCount {
+    pub requests: u64,
+    pub unpriced: u64,
+    pub cost: Decimal,
+}
+
+impl ProxyCount {
+    pub fn add(&mut self, other: &ProxyCount) {
+        self.requests += other.requests;
+        self.unpriced += other.unpriced;
+        self.cost += other.cost;
+    }
+}
+
+/// One metered request in the proxy's request log. Never holds an Authorization value: at most
+/// the short hash used for per-key attribution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyLogRow {
+    pub ts_ms: i64,
+    pub key: ProxyKey,
+    pub key_hash: Option<String>,
+    pub request_id: Option<String>,
+    /// The cost added to the ledger, as decimal text; `None` when unpriced.
+    pub cost: Option<Decimal>,
+    /// Why a request is unpriced (e.g. the malformed header value), for later diagnosis.
+    pub note: Option<String>,
 }
 
 /// Handle to the store; cheap to clone. Calls block, so async code runs them on the blocking pool.
@@ -338,6 +411,192 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// Every proxy ledger row of an account.
+    pub fn proxy_totals(
+        &self,
+        account: &str,
+    ) -> Result<BTreeMap<ProxyKey, ProxyCount>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT period_start_ms, model, code, key, requests, unpriced, cost_usd
+                 FROM proxy_totals WHERE account = ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![account], |r| {
+                Ok((
+                    ProxyKey {
+                        period_start_ms: r.get(0)?,
+                        model: r.get(1)?,
+                        code: r.get(2)?,
+                        key: r.get(3)?,
+                    },
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (key, requests, unpriced, cost) = row.map_err(|e| self.err(e))?;
+            let cost = Decimal::from_str(&cost).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("proxy ledger of account {account:?} holds cost {cost:?}: {e}"),
+            })?;
+            out.insert(
+                key,
+                ProxyCount {
+                    requests: requests.max(0) as u64,
+                    unpriced: unpriced.max(0) as u64,
+                    cost,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Adds `deltas` to the proxy ledger and appends `log` to the request log, atomically. Costs
+    /// are added as decimals in Rust (SQLite would sum text as floating point).
+    pub fn record_proxy(
+        &self,
+        account: &str,
+        deltas: &BTreeMap<ProxyKey, ProxyCount>,
+        log: &[ProxyLogRow],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut get = tx
+                .prepare_cached(
+                    "SELECT requests, unpriced, cost_usd FROM proxy_totals
+                     WHERE account = ?1 AND period_start_ms = ?2 AND model = ?3 AND code = ?4 AND key = ?5",
+                )
+                .map_err(|e| self.err(e))?;
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO proxy_totals
+                     (account, period_start_ms, model, code, key, requests, unpriced, cost_usd)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(|e| self.err(e))?;
+            for (k, d) in deltas {
+                let current: Option<(i64, i64, String)> = get
+                    .query_row(
+                        params![account, k.period_start_ms, k.model, k.code, k.key],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()
+                    .map_err(|e| self.err(e))?;
+                let mut total = ProxyCount::default();
+                if let Some((requests, unpriced, cost)) = current {
+                    total.requests = requests.max(0) as u64;
+                    total.unpriced = unpriced.max(0) as u64;
+                    total.cost = Decimal::from_str(&cost).map_err(|e| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        detail: format!(
+                            "proxy ledger of account {account:?} holds cost {cost:?}: {e}"
+                        ),
+                    })?;
+                }
+                total.add(d);
+                put.execute(params![
+                    account,
+                    k.period_start_ms,
+                    k.model,
+                    k.code,
+                    k.key,
+                    total.requests as i64,
+                    total.unpriced as i64,
+                    total.cost.normalize().to_string()
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO proxy_requests
+                     (account, ts_ms, period_start_ms, model, code, key, key_hash, request_id, cost_usd, note)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(|e| self.err(e))?;
+            for r in log {
+                ins.execute(params![
+                    account,
+                    r.ts_ms,
+                    r.key.period_start_ms,
+                    r.key.model,
+                    r.key.code,
+                    r.key.key,
+                    r.key_hash,
+                    r.request_id,
+                    r.cost.map(|c| c.normalize().to_string()),
+                    r.note
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The proxy request log of an account since `since_ms`, oldest first.
+    pub fn proxy_log(&self, account: &str, since_ms: i64) -> Result<Vec<ProxyLogRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT ts_ms, period_start_ms, model, code, key, key_hash, request_id, cost_usd, note
+                 FROM proxy_requests WHERE account = ?1 AND ts_ms >= ?2 ORDER BY ts_ms, rowid",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![account, since_ms], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    ProxyKey {
+                        period_start_ms: r.get(1)?,
+                        model: r.get(2)?,
+                        code: r.get(3)?,
+                        key: r.get(4)?,
+                    },
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (ts_ms, key, key_hash, request_id, cost, note) = row.map_err(|e| self.err(e))?;
+            let cost = match cost {
+                None => None,
+                Some(c) => Some(Decimal::from_str(&c).map_err(|e| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("proxy request log holds cost {c:?}: {e}"),
+                })?),
+            };
+            out.push(ProxyLogRow {
+                ts_ms,
+                key,
+                key_hash,
+                request_id,
+                cost,
+                note,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes an account's proxy request log entries older than `before_ms`; totals are kept.
+    pub fn prune_proxy_log(&self, account: &str, before_ms: i64) -> Result<usize, StoreError> {
+        self.conn()
+            .execute(
+                "DELETE FROM proxy_requests WHERE account = ?1 AND ts_ms < ?2",
+                params![account, before_ms],
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Number of samples stored for an account (all pools).
     pub fn sample_count(&self, account: &str) -> Result<i64, StoreError> {
         self.conn()
@@ -553,6 +812,50 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn proxy_ledger_adds_exact_decimals_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let k = ProxyKey {
+            period_start_ms: 5,
+            model: "flux-lite".into(),
+            code: 200,
+            key: String::new(),
+        };
+        let d = |requests, unpriced, cost: &str| {
+            BTreeMap::from([(
+                k.clone(),
+                ProxyCount {
+                    requests,
+                    unpriced,
+                    cost: cost.parse().unwrap(),
+                },
+            )])
+        };
+        {
+            let s = Store::open(&path).unwrap();
+            s.record_proxy("a", &d(1, 0, "0.1"), &[]).unwrap();
+            let row = ProxyLogRow {
+                ts_ms: 7,
+                key: k.clone(),
+                key_hash: None,
+                request_id: Some("req_1".into()),
+                cost: Some("0.2".parse().unwrap()),
+                note: None,
+            };
+            s.record_proxy("a", &d(2, 1, "0.2"), std::slice::from_ref(&row))
+                .unwrap();
+            assert_eq!(s.proxy_log("a", 0).unwrap(), vec![row]);
+            assert_eq!(s.prune_proxy_log("a", 8).unwrap(), 1);
+        }
+        let s = Store::open(&path).unwrap();
+        let t = s.proxy_totals("a").unwrap();
+        // 0.1 + 0.2 is 0.30000000000000004 in floating point; the ledger holds exactly 0.3.
+        assert_eq!(t[&k].cost.to_string(), "0.3");
+        assert_eq!((t[&k].requests, t[&k].unpriced), (3, 1));
+        assert!(s.proxy_totals("b").unwrap().is_empty());
     }
 
     #[test]

@@ -113,6 +113,7 @@ pub fn parse(body: &[u8], billing_anchor: NaiveDate) -> Result<Reading, PollErro
         available: Some(u.can_compress),
         schedule,
         rule: ConsumptionRule::Used,
+        cumulative: None,
     }];
     if plan != "free" || ia_monthly > 0.0 {
         pools.push(PoolReading {
@@ -125,6 +126,7 @@ pub fn parse(body: &[u8], billing_anchor: NaiveDate) -> Result<Reading, PollErro
             available: Some(u.can_use_ia),
             schedule,
             rule: ConsumptionRule::UsedOrRemainingDrop,
+            cumulative: None,
         });
     }
     Ok(Reading {

@@ -6,11 +6,13 @@
 //! here, one variant in [`ProviderSettings`], and one fixture test.
 
 pub mod fluximage;
+pub mod fluxrouter;
 
 use crate::config::{AccountConfig, Tracked, deserialize_tracking};
 use crate::forecast::consumption::ConsumptionRule;
 use crate::forecast::schedule::Schedule;
 use crate::http::HttpClient;
+use crate::proxy::Meter;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 use toml::Spanned;
@@ -62,6 +64,9 @@ pub struct PoolReading {
     pub schedule: Schedule,
     /// How consumption is read from successive readings of this pool.
     pub rule: ConsumptionRule,
+    /// The exact running total of consumption, for providers that count it themselves (the
+    /// fluxrouter proxy's ledger); `consumed_total` then follows it instead of `rule`.
+    pub cumulative: Option<f64>,
 }
 
 impl PoolReading {
@@ -131,22 +136,25 @@ pub enum KeyNeed {
     None,
 }
 
-/// What a poll may use: the shared HTTP client, the account's config, and the time of the poll.
+/// What a poll may use: the shared HTTP client, the account's config, the time of the poll, and
+/// the account's proxy meter for providers that meter traffic themselves.
 pub struct PollContext<'a> {
     pub http: &'a HttpClient,
     pub account: &'a AccountConfig,
     pub now: DateTime<Utc>,
+    pub meter: Option<&'a Meter>,
 }
 
 /// Each provider's own settings (the provider keys of an `[[account]]`); one variant per provider.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderSettings {
     Fluximage(fluximage::Settings),
+    Fluxrouter(fluxrouter::Settings),
 }
 
 impl ProviderSettings {
     /// Provider names accepted in `provider = "..."`.
-    pub const NAMES: &'static [&'static str] = &["fluximage"];
+    pub const NAMES: &'static [&'static str] = &["fluximage", "fluxrouter"];
 
     /// Deserializes the provider's own keys from an account table. `None` for an unknown
     /// provider; otherwise the settings (or a located type error) and the keys it did not use.
@@ -159,6 +167,7 @@ impl ProviderSettings {
         }
         Some(match name {
             "fluximage" => wrap(deserialize_tracking(value), ProviderSettings::Fluximage),
+            "fluxrouter" => wrap(deserialize_tracking(value), ProviderSettings::Fluxrouter),
             _ => return None,
         })
     }
@@ -167,12 +176,14 @@ impl ProviderSettings {
     pub fn name(&self) -> &'static str {
         match self {
             ProviderSettings::Fluximage(_) => "fluximage",
+            ProviderSettings::Fluxrouter(_) => "fluxrouter",
         }
     }
 
     pub fn key_need(&self) -> KeyNeed {
         match self {
             ProviderSettings::Fluximage(_) => KeyNeed::Required,
+            ProviderSettings::Fluxrouter(s) => s.key_need(),
         }
     }
 
@@ -180,6 +191,7 @@ impl ProviderSettings {
     pub fn validate(&self, account: &AccountConfig) -> Vec<String> {
         match self {
             ProviderSettings::Fluximage(s) => s.validate(account),
+            ProviderSettings::Fluxrouter(s) => s.validate(account),
         }
     }
 
@@ -187,6 +199,15 @@ impl ProviderSettings {
     pub async fn poll(&self, ctx: &PollContext<'_>) -> Result<Reading, PollError> {
         match self {
             ProviderSettings::Fluximage(s) => s.poll(ctx).await,
+            ProviderSettings::Fluxrouter(s) => s.poll(ctx).await,
+        }
+    }
+
+    /// The metering proxy this account runs, if its provider has one.
+    pub fn proxy(&self) -> Option<&fluxrouter::Settings> {
+        match self {
+            ProviderSettings::Fluxrouter(s) => Some(s),
+            _ => None,
         }
     }
 }
