@@ -149,7 +149,7 @@ pub struct PollContext<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderSettings {
     Fluximage(fluximage::Settings),
-    Fluxrouter(fluxrouter::Settings),
+    Fluxrouter(Box<fluxrouter::Settings>),
 }
 
 impl ProviderSettings {
@@ -167,7 +167,9 @@ impl ProviderSettings {
         }
         Some(match name {
             "fluximage" => wrap(deserialize_tracking(value), ProviderSettings::Fluximage),
-            "fluxrouter" => wrap(deserialize_tracking(value), ProviderSettings::Fluxrouter),
+            "fluxrouter" => wrap(deserialize_tracking(value), |s| {
+                ProviderSettings::Fluxrouter(Box::new(s))
+            }),
             _ => return None,
         })
     }

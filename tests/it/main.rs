@@ -5,6 +5,7 @@ mod cli;
 mod daemon;
 mod external;
 mod fluximage;
+mod fluxrouter;
 mod forecast;
 mod prometheus;
 mod rules;
