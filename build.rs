@@ -3,6 +3,14 @@
 use std::process::Command;
 
 fn main() {
+    // A build without the repository (a container build) can pass the revision in.
+    println!("cargo:rerun-if-env-changed=CREDITWATCH_REVISION");
+    if let Ok(rev) = std::env::var("CREDITWATCH_REVISION")
+        && !rev.trim().is_empty()
+    {
+        println!("cargo:rustc-env=CREDITWATCH_REVISION={}", rev.trim());
+        return;
+    }
     let rev = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

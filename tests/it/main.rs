@@ -3,6 +3,7 @@
 mod browser;
 mod cli;
 mod daemon;
+mod deploy;
 mod external;
 mod fluximage;
 mod fluxrouter;
