@@ -587,7 +587,7 @@ impl Parser<'_> {
         }
 
         let provider_name = common.provider.get_ref().as_str();
-        let settings = match ProviderSettings::from_toml(provider_name, value.clone()) {
+        let mut settings = match ProviderSettings::from_toml(provider_name, value.clone()) {
             None => {
                 self.at(
                     Some(common.provider.span()),
@@ -736,6 +736,9 @@ impl Parser<'_> {
 
         let (key, key_source) =
             self.resolve_key(&name, &common, settings.key_need(), base_dir, env);
+        for message in settings.resolve_secrets(env, base_dir) {
+            self.account(&name, message);
+        }
 
         let account = AccountConfig {
             name: name.clone(),
@@ -755,6 +758,10 @@ impl Parser<'_> {
         };
         for message in account.provider.validate(&account) {
             self.account(&name, message);
+        }
+        for w in account.provider.warnings(&account) {
+            self.warnings
+                .push(Warning(format!("account {name:?}: {w}")));
         }
         Some(account)
     }

@@ -1,6 +1,7 @@
 //! creditwatch: a Prometheus exporter and alerting daemon that forecasts when paid-API credits run out.
 
 pub mod app;
+pub mod backfill;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -23,6 +23,8 @@ const ACCOUNT: &[&str] = &["provider", "account"];
 const POOL: &[&str] = &["provider", "account", "pool", "key"];
 const PROXY: &[&str] = &["provider", "account", "model"];
 const PROXY_KEY: &[&str] = &["provider", "account", "key"];
+const KEY: &[&str] = &["provider", "account", "key"];
+const ENDPOINT: &[&str] = &["provider", "account", "endpoint", "label"];
 
 /// Name, help, type and labels of one family.
 struct Spec {
@@ -75,6 +77,12 @@ fn specs() -> &'static [Spec] {
             spec("creditwatch_proxy_key_requests_total", "Requests through the metering proxy by key name (per-key attribution).", COUNTER, PROXY_KEY),
             spec("creditwatch_proxy_key_cost_usd_total", "Spend through the metering proxy in USD by key name (per-key attribution).", COUNTER, PROXY_KEY),
             spec("creditwatch_proxy_ledger_write_errors_total", "Failed commits of the proxy's spend ledger since start (costs are kept in memory and retried).", COUNTER, ACCOUNT),
+            spec("creditwatch_key_expiry_timestamp_seconds", "Unix time the API key expires (absent when it never does).", GAUGE, KEY),
+            spec("creditwatch_key_active", "1 if the provider says the API key is usable, else 0.", GAUGE, KEY),
+            spec("creditwatch_key_requests_total", "Requests made with the API key, all time, as the provider counts them.", COUNTER, KEY),
+            spec("creditwatch_key_spent_usd_total", "USD spent with the API key, all time, as the provider counts it.", COUNTER, KEY),
+            spec("creditwatch_endpoint_calls", "Calls of the endpoint over the provider's lookback window.", GAUGE, ENDPOINT),
+            spec("creditwatch_endpoint_credits", "Credits consumed by the endpoint over the provider's lookback window.", GAUGE, ENDPOINT),
             spec("creditwatch_build_info", "Build information; always 1.", GAUGE, &["version", "revision"]),
             spec("creditwatch_config_last_reload_successful", "1 if the last configuration load succeeded, else 0.", GAUGE, &[]),
             spec("creditwatch_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load.", GAUGE, &[]),
@@ -259,6 +267,27 @@ fn account_families(f: &mut Families, name: &str, a: &AccountState) {
         if let Some(v) = r.available {
             f.add("creditwatch_pool_available", &l, bool_f(v));
         }
+    }
+    for k in &snap.keys {
+        let l = [base[0], base[1], ("key", k.key.as_str())];
+        if let Some(t) = k.expires_at {
+            f.add("creditwatch_key_expiry_timestamp_seconds", &l, secs(t));
+        }
+        f.add("creditwatch_key_active", &l, bool_f(k.active));
+        f.add("creditwatch_key_requests_total", &l, k.requests);
+        if let Some(v) = k.spent_usd {
+            f.add("creditwatch_key_spent_usd_total", &l, v);
+        }
+    }
+    for e in &snap.endpoints {
+        let l = [
+            base[0],
+            base[1],
+            ("endpoint", e.endpoint.as_str()),
+            ("label", e.label.as_str()),
+        ];
+        f.add("creditwatch_endpoint_calls", &l, e.calls);
+        f.add("creditwatch_endpoint_credits", &l, e.credits);
     }
 }
 

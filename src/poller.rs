@@ -161,11 +161,6 @@ pub fn ingest(
         });
         periods.push(period);
     }
-    let write = match ledger_error {
-        Some(e) => Err(e),
-        None => store.record(&account.name, &rows),
-    };
-
     let windows = account.all_windows();
     let longest = windows
         .iter()
@@ -173,6 +168,11 @@ pub fn ingest(
         .max()
         .unwrap_or(Duration::from_secs(3600));
     let since = now_ms - longest.as_millis() as i64;
+    let past = crate::backfill::rows(&reading, &rows, &ledgers, now_ms, since);
+    let write = match ledger_error {
+        Some(e) => Err(e),
+        None => store.record_with_history(&account.name, &rows, &past),
+    };
     let mut pools = Vec::with_capacity(rows.len());
     for ((pool, row), period) in reading.pools.into_iter().zip(rows).zip(periods) {
         let points = store
@@ -198,6 +198,8 @@ pub fn ingest(
         at: now,
         plan: reading.plan,
         pools,
+        keys: reading.keys,
+        endpoints: reading.endpoints,
     };
     (snapshot, write.err())
 }

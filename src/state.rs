@@ -3,7 +3,7 @@
 use crate::config::Window;
 use crate::forecast::Forecast;
 use crate::forecast::schedule::Period;
-use crate::providers::{ERROR_REASONS, PoolReading};
+use crate::providers::{ERROR_REASONS, EndpointUsage, KeyInfo, PoolReading};
 use crate::proxy::Meter;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet};
@@ -82,6 +82,9 @@ pub struct Snapshot {
     pub at: DateTime<Utc>,
     pub plan: Option<String>,
     pub pools: Vec<PoolState>,
+    /// The account's API keys as last listed; a key that vanished upstream is simply absent.
+    pub keys: Vec<KeyInfo>,
+    pub endpoints: Vec<EndpointUsage>,
 }
 
 /// One pool as last read, with its running total and forecast.

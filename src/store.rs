@@ -292,8 +292,43 @@ impl Store {
 
     /// Records one poll's samples and moves each pool's ledger forward, atomically.
     pub fn record(&self, account: &str, rows: &[SampleRow]) -> Result<(), StoreError> {
+        self.record_with_history(account, rows, &[])
+    }
+
+    /// Like [`Store::record`], also adding `history`: samples reconstructed from what the
+    /// provider reported about the past. They never replace a recorded sample and never move a
+    /// ledger.
+    pub fn record_with_history(
+        &self,
+        account: &str,
+        rows: &[SampleRow],
+        history: &[SampleRow],
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
+        if !history.is_empty() {
+            let mut past = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO samples
+                     (account, pool, key, ts_ms, used, remaining, limit_value, period_start_ms, consumed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(|e| self.err(e))?;
+            for r in history {
+                past.execute(params![
+                    account,
+                    r.id.pool,
+                    r.id.key,
+                    r.ts_ms,
+                    r.used,
+                    r.remaining,
+                    r.limit,
+                    r.period_start_ms,
+                    r.consumed
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+        }
         {
             let mut ins = tx
                 .prepare_cached(

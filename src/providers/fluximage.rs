@@ -132,6 +132,7 @@ pub fn parse(body: &[u8], billing_anchor: NaiveDate) -> Result<Reading, PollErro
     Ok(Reading {
         plan: Some(plan),
         pools,
+        ..Reading::default()
     })
 }
 

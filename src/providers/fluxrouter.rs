@@ -243,7 +243,11 @@ impl Settings {
         if let Some(Usd(l)) = self.spend_ceiling_usd {
             pools.push(pool("ceiling", l));
         }
-        Reading { plan: None, pools }
+        Reading {
+            plan: None,
+            pools,
+            ..Reading::default()
+        }
     }
 }
 

@@ -5,21 +5,27 @@
 //! core turns readings into samples, forecasts and series. Adding a provider means one new file
 //! here, one variant in [`ProviderSettings`], and one fixture test.
 
+pub mod floow;
 pub mod fluximage;
 pub mod fluxrouter;
+pub mod http_json;
+pub mod imagerouter;
 
-use crate::config::{AccountConfig, Tracked, deserialize_tracking};
+use crate::config::{AccountConfig, EnvLookup, Tracked, deserialize_tracking};
 use crate::forecast::consumption::ConsumptionRule;
 use crate::forecast::schedule::Schedule;
 use crate::http::HttpClient;
 use crate::proxy::Meter;
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
 use toml::de::DeValue;
 
 /// The unit a pool is counted in; each metric family carries one unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Unit {
     Credits,
     Usd,
@@ -42,6 +48,61 @@ pub struct Reading {
     /// The plan name, where the provider reports one (`creditwatch_account_info{plan}`).
     pub plan: Option<String>,
     pub pools: Vec<PoolReading>,
+    /// The account's API keys, where the provider lists them (ImageRouter).
+    pub keys: Vec<KeyInfo>,
+    /// Usage by endpoint over the provider's lookback window (Floow).
+    pub endpoints: Vec<EndpointUsage>,
+    /// Consumption the provider reports for the past (Floow's daily series), by pool.
+    pub history: Vec<PoolHistory>,
+}
+
+/// One API key of an account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyInfo {
+    /// The key's name, made unique within the account (the `key` label).
+    pub key: String,
+    pub active: bool,
+    /// When the provider rejects the key automatically; `None` when it never expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Requests made with the key, all time.
+    pub requests: f64,
+    /// USD spent with the key, all time.
+    pub spent_usd: Option<f64>,
+}
+
+/// Calls and credits of one endpoint over the provider's lookback window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointUsage {
+    /// The provider's internal action name.
+    pub endpoint: String,
+    /// Its display label.
+    pub label: String,
+    pub calls: f64,
+    pub credits: f64,
+}
+
+/// Past consumption of one pool, as the provider reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolHistory {
+    pub pool: String,
+    pub key: String,
+    /// Sorted by time, all before the reading.
+    pub samples: Vec<PastSample>,
+}
+
+/// The state of a pool at a past instant, reconstructed from provider-reported history.
+///
+/// Cumulative consumption is not known in absolute terms, only relative to the reading, so a
+/// past sample carries what was consumed between it and the reading; the core anchors that to
+/// the pool's running total.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PastSample {
+    pub at: DateTime<Utc>,
+    /// Consumed between `at` and the reading.
+    pub consumed_after: f64,
+    pub used: Option<f64>,
+    pub remaining: Option<f64>,
+    pub limit: Option<f64>,
 }
 
 /// One balance that can run out, as the provider reports it now.
@@ -150,11 +211,20 @@ pub struct PollContext<'a> {
 pub enum ProviderSettings {
     Fluximage(fluximage::Settings),
     Fluxrouter(Box<fluxrouter::Settings>),
+    Imagerouter(imagerouter::Settings),
+    Floow(floow::Settings),
+    HttpJson(http_json::Settings),
 }
 
 impl ProviderSettings {
     /// Provider names accepted in `provider = "..."`.
-    pub const NAMES: &'static [&'static str] = &["fluximage", "fluxrouter"];
+    pub const NAMES: &'static [&'static str] = &[
+        "fluximage",
+        "imagerouter",
+        "floow",
+        "fluxrouter",
+        "http_json",
+    ];
 
     /// Deserializes the provider's own keys from an account table. `None` for an unknown
     /// provider; otherwise the settings (or a located type error) and the keys it did not use.
@@ -170,6 +240,9 @@ impl ProviderSettings {
             "fluxrouter" => wrap(deserialize_tracking(value), |s| {
                 ProviderSettings::Fluxrouter(Box::new(s))
             }),
+            "imagerouter" => wrap(deserialize_tracking(value), ProviderSettings::Imagerouter),
+            "floow" => wrap(deserialize_tracking(value), ProviderSettings::Floow),
+            "http_json" => wrap(deserialize_tracking(value), ProviderSettings::HttpJson),
             _ => return None,
         })
     }
@@ -179,6 +252,9 @@ impl ProviderSettings {
         match self {
             ProviderSettings::Fluximage(_) => "fluximage",
             ProviderSettings::Fluxrouter(_) => "fluxrouter",
+            ProviderSettings::Imagerouter(_) => "imagerouter",
+            ProviderSettings::Floow(_) => "floow",
+            ProviderSettings::HttpJson(_) => "http_json",
         }
     }
 
@@ -186,6 +262,19 @@ impl ProviderSettings {
         match self {
             ProviderSettings::Fluximage(_) => KeyNeed::Required,
             ProviderSettings::Fluxrouter(s) => s.key_need(),
+            ProviderSettings::Imagerouter(_) => KeyNeed::Required,
+            ProviderSettings::Floow(_) => KeyNeed::Required,
+            // Many JSON endpoints authenticate with their own headers, or not at all.
+            ProviderSettings::HttpJson(_) => KeyNeed::Optional,
+        }
+    }
+
+    /// Resolves secrets the provider's own settings refer to (http_json header values read
+    /// from the environment or a file). Each message names what to fix.
+    pub fn resolve_secrets(&mut self, env: EnvLookup<'_>, base_dir: &Path) -> Vec<String> {
+        match self {
+            ProviderSettings::HttpJson(s) => s.resolve_secrets(env, base_dir),
+            _ => Vec::new(),
         }
     }
 
@@ -194,6 +283,17 @@ impl ProviderSettings {
         match self {
             ProviderSettings::Fluximage(s) => s.validate(account),
             ProviderSettings::Fluxrouter(s) => s.validate(account),
+            ProviderSettings::Imagerouter(s) => s.validate(account),
+            ProviderSettings::Floow(s) => s.validate(account),
+            ProviderSettings::HttpJson(s) => s.validate(account),
+        }
+    }
+
+    /// Things worth telling the operator about a valid account.
+    pub fn warnings(&self, account: &AccountConfig) -> Vec<String> {
+        match self {
+            ProviderSettings::Floow(s) => s.warnings(account),
+            _ => Vec::new(),
         }
     }
 
@@ -201,6 +301,9 @@ impl ProviderSettings {
     pub async fn poll(&self, ctx: &PollContext<'_>) -> Result<Reading, PollError> {
         match self {
             ProviderSettings::Fluximage(s) => s.poll(ctx).await,
+            ProviderSettings::Imagerouter(s) => s.poll(ctx).await,
+            ProviderSettings::Floow(s) => s.poll(ctx).await,
+            ProviderSettings::HttpJson(s) => s.poll(ctx).await,
             ProviderSettings::Fluxrouter(s) => s.poll(ctx).await,
         }
     }
@@ -234,6 +337,48 @@ pub fn checked_amount(field: &str, v: f64) -> Result<f64, PollError> {
         )));
     }
     Ok(v)
+}
+
+/// Parses a money amount sent as a decimal string (`"25.5000"`) exactly. Only plain decimal
+/// notation is accepted: `NaN`, `inf`, exponents, signs, separators and empty strings are refused
+/// with the field named, so they can never become a value.
+pub fn parse_decimal(field: &str, s: &str) -> Result<Decimal, PollError> {
+    let bad = |why: &str| {
+        PollError::parse(format!(
+            "field `{field}` is {why} ({:?}); expected a decimal string like \"25.5000\"",
+            crate::http::sanitize(s)
+        ))
+    };
+    if let Some(rest) = s.strip_prefix('-')
+        && is_plain_decimal(rest)
+    {
+        return Err(bad("negative"));
+    }
+    if !is_plain_decimal(s) {
+        return Err(bad("not a decimal number"));
+    }
+    let d = Decimal::from_str_exact(s).map_err(|_| bad("out of range"))?;
+    checked_amount(field, decimal_to_f64(d))?;
+    Ok(d)
+}
+
+/// `digits[.digits]`, nothing else.
+fn is_plain_decimal(s: &str) -> bool {
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (s, None),
+    };
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    digits(int) && frac.is_none_or(digits)
+}
+
+/// The f64 nearest to a decimal (through its shortest text form, which Rust parses correctly
+/// rounded), so "4.2000" exports exactly as 4.2 does.
+pub fn decimal_to_f64(d: Decimal) -> f64 {
+    d.normalize()
+        .to_string()
+        .parse()
+        .expect("a decimal's text is a valid f64")
 }
 
 /// Deserializes a JSON body, naming the field in the error (`field \`x\`: invalid type ...`).
