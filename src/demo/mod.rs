@@ -1,6 +1,11 @@
 //! `creditwatch demo`: simulated providers on loopback, and the real daemon polling them through the production code path.
 
+pub mod floow;
 pub mod fluximage;
+pub mod imagerouter;
+pub mod openrouter;
+
+pub use fluximage::Fault;
 
 use crate::app::{self, ConfigSource, Options, Running, StartError};
 use crate::clock::{Clock, SystemClock};
@@ -44,10 +49,53 @@ impl Drop for SimServer {
     }
 }
 
+/// Takes the fault to serve instead of a payload, if one is set, counting it down.
+pub(crate) fn take_fault(slot: &std::sync::Mutex<Option<Fault>>) -> Option<Fault> {
+    let mut f = slot.lock().unwrap();
+    let current = f.clone();
+    if let Some(fault) = f.as_mut()
+        && let Some(n) = fault.count.as_mut()
+    {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            *f = None;
+        }
+    }
+    current
+}
+
+/// Answers with a canned fault, after its delay.
+pub(crate) async fn fault_response(fault: Fault) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if fault.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
+    }
+    let status = axum::http::StatusCode::from_u16(fault.status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        fault.body,
+    )
+        .into_response()
+}
+
+/// The bearer token of a request, or "".
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
 /// The running demo: the daemon plus its simulators.
 pub struct Demo {
     pub running: Running,
     pub fluximage: Arc<fluximage::Simulator>,
+    pub imagerouter: Arc<imagerouter::Simulator>,
+    pub floow: Arc<floow::Simulator>,
+    pub openrouter: Arc<openrouter::Simulator>,
     pub servers: Vec<SimServer>,
 }
 
@@ -95,10 +143,30 @@ pub async fn start(listen: SocketAddr) -> Result<Demo, StartError> {
             },
         ],
     );
-    let flux_server = flux.serve().await.map_err(|source| StartError::Bind {
+    let bind = |source| StartError::Bind {
         addr: "127.0.0.1:0".parse().expect("valid"),
         source,
-    })?;
+    };
+    let flux_server = flux.serve().await.map_err(bind)?;
+
+    let now = clock.now();
+    let router = imagerouter::Simulator::new(clock.clone(), vec![imagerouter_demo(now)]);
+    let router_server = router.serve().await.map_err(bind)?;
+    let floow_sim = floow::Simulator::new(clock.clone(), vec![floow_demo(now)]);
+    let floow_server = floow_sim.serve().await.map_err(bind)?;
+    let openrouter_sim = openrouter::Simulator::new(
+        clock.clone(),
+        vec![openrouter::Params {
+            token: "demo-openrouter".into(),
+            label: "sk-or-v1-d3m...0a1".into(),
+            limit: Some(100.0),
+            limit_reset: Some(crate::forecast::schedule::Every::Month),
+            usage: 412.0,
+            usage_month: 37.5,
+            usd_per_second: 0.00005,
+        }],
+    );
+    let openrouter_server = openrouter_sim.serve().await.map_err(bind)?;
 
     let toml = format!(
         r#"
@@ -122,13 +190,50 @@ provider = "fluximage"
 api_key_env = "DEMO_STARTER"
 base_url = "{flux}"
 billing_anchor = "{anchor}"
+
+[[account]]
+name = "images-router"
+provider = "imagerouter"
+api_key_env = "DEMO_IMAGEROUTER"
+base_url = "{router}"
+
+# Floow's daily series backfills a day of history, so its 24h burn is known at the first poll.
+[[account]]
+name = "design-floow"
+provider = "floow"
+api_key_env = "DEMO_FLOOW"
+base_url = "{floow}"
+billing_anchor = "{anchor}"
+monthly_allowance = 1000000
+burn_windows = ["10m", "24h"]
+forecast_window = "24h"
+
+[[account]]
+name = "llm-openrouter"
+provider = "http_json"
+url = "https://openrouter.ai/api/v1/key"
+base_url = "{openrouter}"
+headers = {{ Authorization = {{ env = "DEMO_OPENROUTER", prefix = "Bearer " }} }}
+unit = "usd"
+pool = "key"
+remaining = "/data/limit_remaining"
+used = "/data/usage_monthly"
+limit = "/data/limit"
+reset = "monthly"
+billing_anchor = "2026-01-01"
 "#,
         flux = flux_server.url(),
+        router = router_server.url(),
+        floow = floow_server.url(),
+        openrouter = openrouter_server.url(),
     );
     // Demo keys come from this lookup, not the environment: nothing to set up.
     let env = |name: &str| match name {
         "DEMO_AGENCY" => Some("demo-agency".to_string()),
         "DEMO_STARTER" => Some("demo-starter".to_string()),
+        "DEMO_IMAGEROUTER" => Some("demo-imagerouter".to_string()),
+        "DEMO_FLOOW" => Some("fl_demo".to_string()),
+        "DEMO_OPENROUTER" => Some("demo-openrouter".to_string()),
         _ => None,
     };
     let (mut config, _) = Config::parse(&toml, Path::new("<demo>"), Path::new("."), &env)?;
@@ -144,6 +249,83 @@ billing_anchor = "{anchor}"
     Ok(Demo {
         running,
         fluximage: flux,
-        servers: vec![flux_server],
+        imagerouter: router,
+        floow: floow_sim,
+        openrouter: openrouter_sim,
+        servers: vec![flux_server, router_server, floow_server, openrouter_server],
     })
+}
+
+/// An ImageRouter account whose balance burns and gets a deposit every 3 hours, with keys
+/// over day, week and month windows, a lifetime cap, two keys sharing a name, one expiring in 5
+/// days, and the inactive temp_jwt token.
+fn imagerouter_demo(now: chrono::DateTime<chrono::Utc>) -> imagerouter::Params {
+    use crate::forecast::schedule::Every;
+    use imagerouter::KeyParams;
+    let days = ChronoDuration::days;
+    imagerouter::Params {
+        token: "demo-imagerouter".into(),
+        total_deposits: 80.0,
+        credit_usage: 30.0,
+        keys: vec![
+            KeyParams {
+                spend_limit: Some(40.0),
+                period: Some(Every::Month),
+                usd_per_second: 0.00002,
+                credit_usage: 21.5,
+                period_spend: 14.2,
+                total_requests: 9_800,
+                created_at: Some(now - days(300)),
+                expires_at: Some(now + days(200)),
+                ..KeyParams::new("d9eb93dc-56b1-4216-91b5-a44944508bbc", "Production Key")
+            },
+            KeyParams {
+                spend_limit: Some(10.0),
+                period: Some(Every::Week),
+                usd_per_second: 0.00001,
+                credit_usage: 4.1,
+                period_spend: 1.3,
+                total_requests: 2_100,
+                created_at: Some(now - days(40)),
+                ..KeyParams::new("5f0c2a71-0d3e-4b8e-9a51-3c1f6e2b7d90", "Production Key")
+            },
+            KeyParams {
+                spend_limit: Some(2.0),
+                period: Some(Every::Day),
+                usd_per_second: 0.0002,
+                credit_usage: 2.4,
+                period_spend: 0.5,
+                total_requests: 1_250,
+                created_at: Some(now - days(60)),
+                expires_at: Some(now + days(5)),
+                ..KeyParams::new("8a41c6f2-7b1d-4e0a-b2c3-9f8e7d6c5b4a", "Batch worker")
+            },
+            KeyParams {
+                spend_limit: Some(5.0),
+                usd_per_second: 0.00005,
+                credit_usage: 1.5,
+                total_requests: 400,
+                ..KeyParams::new("c0ffee00-1111-2222-3333-444455556666", "CI")
+            },
+            KeyParams::temp_jwt(),
+        ],
+        deposit_every: Some(Duration::from_secs(3 * 3600)),
+        deposit_amount: 2.0,
+    }
+}
+
+/// A Floow account with 90 days of weekday history and live calls on three endpoints.
+fn floow_demo(now: chrono::DateTime<chrono::Utc>) -> floow::Params {
+    floow::Params {
+        token: "fl_demo".into(),
+        keys: vec![
+            floow::KeyParams {
+                id: "clxyz01abc".into(),
+                name: "Production Key".into(),
+                endpoints: floow::EndpointParams::documented(40.0),
+                history: Default::default(),
+            }
+            .with_demo_history(now.date_naive(), 90),
+        ],
+    }
 }
