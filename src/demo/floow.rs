@@ -62,13 +62,14 @@ impl KeyParams {
         for back in 1..=days {
             let date = today - ChronoDuration::days(back);
             let weekend = matches!(date.weekday(), Weekday::Sat | Weekday::Sun);
-            let quiet = date.ordinal() % 11 == 0;
+            let quiet = date.ordinal().is_multiple_of(11);
             if weekend || quiet {
                 continue;
             }
             let entry = self.history.entry(date).or_default();
             for (i, e) in self.endpoints.iter().enumerate() {
-                let calls = (e.calls_per_hour * 8.0) as u64 + (date.ordinal() as u64 * 7 + i as u64 * 3) % 5;
+                let calls = (e.calls_per_hour * 8.0) as u64
+                    + (date.ordinal() as u64 * 7 + i as u64 * 3) % 5;
                 if calls > 0 {
                     entry.insert(e.name.clone(), calls);
                 }
@@ -370,7 +371,12 @@ mod tests {
         let key = KeyParams {
             id: "k1".into(),
             name: "Production Key".into(),
-            endpoints: vec![EndpointParams::new("image_to_html", "Image → HTML", 30, 4.0)],
+            endpoints: vec![EndpointParams::new(
+                "image_to_html",
+                "Image → HTML",
+                30,
+                4.0,
+            )],
             history: BTreeMap::new(),
         };
         let sim = Simulator::new(

@@ -462,7 +462,10 @@ mod tests {
         };
         let sim = Simulator::new(clock.clone(), vec![p]);
         let v = sim.payload("t").unwrap();
-        assert_eq!(v["usage_by_api_key"][0]["period_start"], serde_json::Value::Null);
+        assert_eq!(
+            v["usage_by_api_key"][0]["period_start"],
+            serde_json::Value::Null
+        );
         // 30 minutes at 0.001/s = 1.8, capped at the daily limit of 1.
         clock.advance(Duration::from_secs(1800));
         let v = sim.payload("t").unwrap();
@@ -482,7 +485,10 @@ mod tests {
         assert_eq!(v["total_deposits"], "110.0000");
         assert_eq!(v["remaining_credits"], "108.0000");
         assert_eq!(v["usage_by_api_key"][1]["is_active"], false);
-        assert_eq!(v["usage_by_api_key"][1]["period_start"], serde_json::Value::Null);
+        assert_eq!(
+            v["usage_by_api_key"][1]["period_start"],
+            serde_json::Value::Null
+        );
     }
 
     #[test]

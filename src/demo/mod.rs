@@ -197,7 +197,7 @@ provider = "imagerouter"
 api_key_env = "DEMO_IMAGEROUTER"
 base_url = "{router}"
 
-# Floow's daily series backfills a day of history, so its 24h burn is known at the first poll.
+# Floow's daily series backfills a week of history, so its 7d burn is known at the first poll.
 [[account]]
 name = "design-floow"
 provider = "floow"
@@ -205,8 +205,8 @@ api_key_env = "DEMO_FLOOW"
 base_url = "{floow}"
 billing_anchor = "{anchor}"
 monthly_allowance = 1000000
-burn_windows = ["10m", "24h"]
-forecast_window = "24h"
+burn_windows = ["10m", "7d"]
+forecast_window = "7d"
 
 [[account]]
 name = "llm-openrouter"

@@ -140,11 +140,14 @@ impl Simulator {
                 // Spread the month's usage evenly back to the window starts, so day and week
                 // usage look plausible from the start.
                 let month_start = window_start(Every::Month, now);
-                let per_sec = p.usage_month
-                    / ((now - month_start).num_seconds().max(1) as f64);
+                let per_sec = p.usage_month / ((now - month_start).num_seconds().max(1) as f64);
                 let windows = [Every::Day, Every::Week, Every::Month].map(|e| {
                     let s = window_start(e, now).max(month_start);
-                    (e, window_start(e, now), per_sec * (now - s).num_seconds() as f64)
+                    (
+                        e,
+                        window_start(e, now),
+                        per_sec * (now - s).num_seconds() as f64,
+                    )
                 });
                 (
                     p.token.clone(),
@@ -259,7 +262,10 @@ mod tests {
         // 1000 s to reach the limit, then nothing until the month resets at midnight.
         clock.advance(Duration::from_secs(1800));
         let d = &sim.payload("t").unwrap()["data"];
-        assert_eq!((d["usage_monthly"].as_f64(), d["limit_remaining"].as_f64()), (Some(100.0), Some(0.0)));
+        assert_eq!(
+            (d["usage_monthly"].as_f64(), d["limit_remaining"].as_f64()),
+            (Some(100.0), Some(0.0))
+        );
         assert_eq!(d["usage"].as_f64(), Some(501.0));
         clock.advance(Duration::from_secs(3600));
         let d = &sim.payload("t").unwrap()["data"];

@@ -124,6 +124,82 @@ per_key = true
 }
 
 #[test]
+fn check_reports_provider_key_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "providers.toml",
+        r#"[[account]]
+name = "design"
+provider = "floow"
+api_key = "fl_shouldnotprint"
+days = 0
+monthly_allowance = -5
+dayz = 3
+
+[[account]]
+name = "router"
+provider = "imagerouter"
+api_key = "ir_shouldnotprint"
+per_key = "yes"
+
+[[account]]
+name = "json"
+provider = "http_json"
+url = "ftp://example.com/x"
+unit = "usd"
+pool = "p"
+used = "data/usage"
+reset = "monthly"
+headers = { X-Key = { env = "CREDITWATCH_TEST_UNSET_HEADER", prefix = "Key " } }
+
+[[account]]
+name = "json2"
+provider = "http_json"
+url = "https://example.com/x"
+unit = "eur"
+pool = "p"
+used = "/x"
+"#,
+    );
+    let out = bin()
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .env_remove("CREDITWATCH_TEST_UNSET_HEADER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let f = cfg.display().to_string();
+    let expected = [
+        format!("{f}:7:1: unknown key `dayz` for provider floow"),
+        format!(
+            "{f}: account \"design\": floow reports daily consumption only; used is counted from the billing period start: set billing_anchor = \"YYYY-MM-DD\" (the day the subscription renews)"
+        ),
+        format!(
+            "{f}: account \"design\": days = 0 is outside 1..90, the lookback the Floow usage API accepts"
+        ),
+        format!(
+            "{f}: account \"design\": monthly_allowance = -5 must be a positive number of credits"
+        ),
+        format!("{f}:13:11: invalid type: string \"yes\", expected a boolean"),
+        format!(
+            "{f}: account \"json\": headers.X-Key: environment variable CREDITWATCH_TEST_UNSET_HEADER is not set"
+        ),
+        format!("{f}: account \"json\": url must be http or https, not \"ftp\""),
+        format!(
+            "{f}: account \"json\": used = \"data/usage\" is not a JSON pointer (RFC 6901): it must start with \"/\""
+        ),
+        format!(
+            "{f}: account \"json\": reset = \"monthly\" needs billing_anchor = \"YYYY-MM-DD\", a day the period started"
+        ),
+        format!("{f}:29:8: unknown variant `eur`, expected `credits` or `usd`"),
+    ];
+    assert_eq!(err.lines().collect::<Vec<_>>(), expected, "{err}");
+    assert!(!err.contains("shouldnotprint"));
+}
+
+#[test]
 fn check_of_a_missing_file() {
     let out = bin()
         .args(["check", "-c", "/nonexistent/creditwatch.toml"])
@@ -143,11 +219,14 @@ fn the_shipped_example_config_is_valid() {
     let text = std::fs::read_to_string(&example).unwrap();
     let mut cmd = bin();
     cmd.args(["check", "-c"]).arg(&example);
-    // Every key the example reads from the environment gets a dummy value.
-    for line in text.lines() {
-        if let Some(rest) = line.trim().strip_prefix("api_key_env = \"") {
-            let var = rest.split('"').next().unwrap();
-            cmd.env(var, "dummy-key");
+    // Every variable the example reads from the environment (`api_key_env = "X"`, and
+    // `env = "X"` in http_json headers) gets a dummy value.
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        for marker in ["api_key_env = \"", "env = \""] {
+            for (i, _) in line.match_indices(marker) {
+                let var = line[i + marker.len()..].split('"').next().unwrap();
+                cmd.env(var, "dummy-key");
+            }
         }
     }
     let out = cmd.output().unwrap();
