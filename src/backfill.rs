@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 /// Sample rows for the history in `reading`. `rows` are the live rows about to be recorded
 /// (their `consumed` is each pool's running total now), `ledgers` what the store held before
-/// this poll. Samples older than `since_ms` are of no use to any window and are skipped.
+/// this poll. Of the samples older than `since_ms` (the start of the longest window) only the
+/// newest is kept: it anchors the interpolation at that window's start.
 pub fn rows(
     reading: &Reading,
     rows: &[SampleRow],
@@ -41,9 +42,16 @@ pub fn rows(
         let ledger = ledgers.get(&id);
         let after_ms = ledger.map(|l| l.last_ts_ms).unwrap_or(i64::MIN);
         let floor = ledger.map(|l| l.consumed).unwrap_or(f64::NEG_INFINITY);
+        let baseline = h
+            .samples
+            .iter()
+            .map(|s| s.at.timestamp_millis())
+            .filter(|&t| t < since_ms)
+            .max();
         for s in &h.samples {
             let ts_ms = s.at.timestamp_millis();
-            if ts_ms <= after_ms || ts_ms < since_ms || ts_ms >= now_ms {
+            let useful = ts_ms >= since_ms || Some(ts_ms) == baseline;
+            if ts_ms <= after_ms || !useful || ts_ms >= now_ms {
                 continue;
             }
             out.push(SampleRow {
@@ -155,8 +163,8 @@ mod tests {
                 (t("2026-04-12T00:00:00Z").timestamp(), -150.0),
             ]
         );
-        // Only what a window can use.
-        let since = t("2026-04-11T12:00:00Z").timestamp_millis();
+        // Only what a window can use: the samples inside it and the one before its start.
+        let since = t("2026-04-11T14:30:00Z").timestamp_millis();
         let out = rows(
             &r,
             &[live("2026-04-12T14:30:00Z", 0.0)],
@@ -164,7 +172,13 @@ mod tests {
             now,
             since,
         );
-        assert_eq!(out.len(), 1);
+        assert_eq!(
+            got(&out),
+            vec![
+                (t("2026-04-11T00:00:00Z").timestamp(), -375.0),
+                (t("2026-04-12T00:00:00Z").timestamp(), -150.0),
+            ]
+        );
     }
 
     #[test]

@@ -78,28 +78,31 @@ async fn documented_example_gives_the_golden_exposition() {
     // The period began 2026-03-15 (anchor the 15th): used = 90 + 225 + 150 = 465 of 1000.
     assert_eq!(value(&m, "creditwatch_used_credits", &[]), Some(465.0));
     assert_eq!(value(&m, "creditwatch_remaining_credits", &[]), Some(535.0));
-    // History from the first poll: 150 credits between today's 00:00 and 14:30 (52200 s) is
-    // the 24h burn; the 1h window has only the live sample and exports nothing.
+    // History from the first poll: the 24h window starts yesterday at 14:30, 9.5 hours before
+    // the end of yesterday's 225 credits, and today's 150 follow. The 1h window starts inside
+    // today's bucket, so it reads today's average: 150 credits over the 52200 s since 00:00.
+    let burn = (150.0 + 225.0 * 9.5 / 24.0) / 86_400.0;
+    let b24 = value(
+        &m,
+        "creditwatch_burn_rate_credits_per_second",
+        &["window=\"24h\""],
+    )
+    .unwrap();
+    assert!((b24 - burn).abs() < 1e-15, "{b24} vs {burn}");
+    let b1 = value(
+        &m,
+        "creditwatch_burn_rate_credits_per_second",
+        &["window=\"1h\""],
+    )
+    .unwrap();
+    assert!((b1 - 150.0 / 52_200.0).abs() < 1e-15, "{b1}");
+    // 535 / (239.0625 / 86400) = 193355.3 s: 2026-04-14T20:12:35Z, before the reset on the 15th.
+    let exhaustion = value(&m, "creditwatch_exhaustion_timestamp_seconds", &[]).unwrap();
+    let expected = t("2026-04-12T14:30:00Z").timestamp() as f64 + 535.0 / burn;
+    assert!((exhaustion - expected).abs() < 1e-3, "{exhaustion}");
     assert_eq!(
-        value(
-            &m,
-            "creditwatch_burn_rate_credits_per_second",
-            &["window=\"24h\""]
-        ),
-        Some(150.0 / 52_200.0)
-    );
-    assert_eq!(
-        value(
-            &m,
-            "creditwatch_burn_rate_credits_per_second",
-            &["window=\"1h\""]
-        ),
-        None
-    );
-    // 535 / (150 / 52200) = 186180 s: 2026-04-14T18:13Z, before the reset on 2026-04-15.
-    assert_eq!(
-        value(&m, "creditwatch_exhaustion_timestamp_seconds", &[]),
-        Some(t("2026-04-14T18:13:00Z").timestamp() as f64)
+        exhaustion.floor(),
+        t("2026-04-14T20:12:35Z").timestamp() as f64
     );
     assert_eq!(
         value(&m, "creditwatch_exhausts_before_reset", &[]),
@@ -229,10 +232,10 @@ async fn history_gives_burn_at_once_and_is_never_counted_twice() {
         value(&m, "creditwatch_consumed_credits_total", &[]),
         Some(0.0)
     );
-    // 24h: today's 00:00 (30 before now) to 06:00: 30 / 21600 s.
-    assert_eq!(burn(&m, "24h"), Some(30.0 / 21_600.0));
-    // 48h: the 11th's 00:00 (also 30 before now; the 11th was idle) to now: 30 / 108000 s.
-    assert_eq!(burn(&m, "48h"), Some(30.0 / 108_000.0));
+    // 24h: from the 11th's 06:00 (an idle day, so 30 before now) to now: 30 / 86400 s.
+    assert_eq!(burn(&m, "24h"), Some(30.0 / 86_400.0));
+    // 48h: from the 10th's 06:00, after a quarter of that day's 120: 90 + 30 over 172800 s.
+    assert_eq!(burn(&m, "48h"), Some(120.0 / 172_800.0));
 
     // Ten minutes and 3 image_to_html calls (90 credits) later.
     clock.advance(Duration::from_secs(600));
@@ -246,11 +249,11 @@ async fn history_gives_burn_at_once_and_is_never_counted_twice() {
         value(&m, "creditwatch_consumed_credits_total", &[]),
         Some(90.0)
     );
-    assert_eq!(burn(&m, "24h"), Some(120.0 / 22_200.0));
+    assert_eq!(burn(&m, "24h"), Some(120.0 / 86_400.0));
     assert_eq!(
         app.running.store.sample_count("design").unwrap(),
-        4,
-        "two live samples and two days of history"
+        5,
+        "two live samples and three days of history"
     );
 
     // The next day: midnight's sample joins the history exactly once.
@@ -261,13 +264,13 @@ async fn history_gives_burn_at_once_and_is_never_counted_twice() {
         value(&m, "creditwatch_consumed_credits_total", &[]),
         Some(90.0)
     );
-    // 24h: from the 13th's 00:00 (90 in the total) to 07:00 (90): an idle day burns nothing.
+    // 24h: from the 12th's 07:00 (90 in the total since 06:10) to now (90): nothing burned.
     assert_eq!(burn(&m, "24h"), Some(0.0));
     assert_eq!(
         value(&m, "creditwatch_exhaustion_timestamp_seconds", &[]),
         None
     );
-    assert_eq!(app.running.store.sample_count("design").unwrap(), 6);
+    assert_eq!(app.running.store.sample_count("design").unwrap(), 7);
     app.stop().await;
 }
 
