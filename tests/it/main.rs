@@ -3,8 +3,8 @@
 mod browser;
 mod cli;
 mod daemon;
-mod deploy;
 mod demo;
+mod deploy;
 mod external;
 mod floow;
 mod fluximage;
