@@ -343,3 +343,24 @@ async fn a_month_window_rolls_over_at_the_end_of_a_leap_february() {
     assert_eq!(value(&m, "creditwatch_remaining_usd", &b), Some(79.1));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn money_with_zero_one_and_four_decimals() {
+    let up = upstream(
+        200,
+        r#"{ "remaining_credits": "25", "credit_usage": "4.5", "total_deposits": "29.5000" }"#,
+        false,
+    )
+    .await;
+    let clock = Arc::new(ManualClock::new(t("2026-05-20T12:00:00Z")));
+    let app = spawn(&config(&up.uri(), false), clock).await;
+    app.wait_polls("router", 1).await;
+    let m = app.metrics().await;
+    assert_eq!(value(&m, "creditwatch_remaining_usd", &[]), Some(25.0));
+    assert_eq!(value(&m, "creditwatch_used_usd", &[]), Some(4.5));
+    assert_eq!(value(&m, "creditwatch_limit_usd", &[]), Some(29.5));
+    assert!(m.contains(
+        "creditwatch_used_usd{provider=\"imagerouter\",account=\"router\",pool=\"balance\",key=\"\"} 4.5\n"
+    ));
+    app.stop().await;
+}
