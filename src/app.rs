@@ -1,5 +1,6 @@
-//! Wiring: config → store → pollers and metering proxies → HTTP server, plus reload (SIGHUP, `POST /-/reload`) and clean shutdown.
+//! Wiring: config → store → pollers and metering proxies → alerter → HTTP server, plus reload (SIGHUP, `POST /-/reload`) and clean shutdown.
 
+use crate::alerting::{self, Alerter};
 use crate::clock::Clock;
 use crate::config::{AccountConfig, Config, ConfigError};
 use crate::http::HttpClient;
@@ -165,6 +166,7 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
         cancel: cancel.clone(),
         pollers: HashMap::new(),
         proxies: HashMap::new(),
+        alerter: None,
     };
     for account in &config.accounts {
         let listener = match sup.needs_listener(account) {
@@ -174,6 +176,7 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
         sup.ensure_proxy(account, listener)?;
         sup.start_poller(account.clone(), true);
     }
+    sup.start_alerter();
     tracing::info!(
         %addr,
         accounts = config.accounts.len(),
@@ -234,6 +237,7 @@ struct Supervisor {
     cancel: CancellationToken,
     pollers: HashMap<String, PollerHandle>,
     proxies: HashMap<String, RunningProxy>,
+    alerter: Option<Alerter>,
 }
 
 impl Supervisor {
@@ -327,6 +331,31 @@ impl Supervisor {
         );
     }
 
+    /// Starts the built-in alerter when the config has `[alerting]`.
+    fn start_alerter(&mut self) {
+        self.deps.state.set_receivers(None);
+        let Some(cfg) = self.config.alerting.clone() else {
+            return;
+        };
+        let deps = alerting::Deps {
+            http: self.deps.http.clone(),
+            store: self.deps.store.clone(),
+            state: self.deps.state.clone(),
+            clock: self.deps.clock.clone(),
+        };
+        tracing::info!(
+            receivers = cfg.receivers.len(),
+            evaluation_interval = %humantime::format_duration(cfg.evaluation_interval),
+            "built-in alerter started"
+        );
+        self.alerter = Some(Alerter::start(
+            cfg,
+            deps,
+            format!("http://{}", self.addr),
+            self.cancel.child_token(),
+        ));
+    }
+
     fn stop_poller(&mut self, name: &str) {
         if let Some(p) = self.pollers.remove(name) {
             p.cancel.cancel();
@@ -340,7 +369,7 @@ impl Supervisor {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 Some(reply) = reload_rx.recv() => {
-                    let r = self.reload();
+                    let r = self.reload().await;
                     let _ = reply.send(r);
                 }
                 _ = prune.tick() => self.prune().await,
@@ -364,6 +393,9 @@ impl Supervisor {
         }
         for (task, _) in proxies {
             let _ = task.await;
+        }
+        if let Some(a) = self.alerter.take() {
+            a.stop().await;
         }
     }
 
@@ -419,7 +451,7 @@ impl Supervisor {
         }
     }
 
-    fn reload(&mut self) -> Result<(), String> {
+    async fn reload(&mut self) -> Result<(), String> {
         let now = self.deps.clock.now();
         let ConfigSource::File(path) = &self.source else {
             return Err("this instance was not started from a config file".to_string());
@@ -501,7 +533,16 @@ impl Supervisor {
                 added += 1;
             }
         }
+        let alerting_changed = new.alerting != self.config.alerting;
         self.config = new;
+        if alerting_changed {
+            // Alert state and delivery logs are in the store, so a restarted alerter carries on
+            // where the old one stopped.
+            if let Some(a) = self.alerter.take() {
+                a.stop().await;
+            }
+            self.start_alerter();
+        }
         if !failures.is_empty() {
             self.deps.state.set_reload(false, now);
             return Err(failures.join("\n"));

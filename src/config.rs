@@ -5,6 +5,7 @@
 //! each `[[account]]` deserialized on its own (unknown keys collected with `serde_ignored`, type
 //! errors located by span), then semantic checks that name the account.
 
+use crate::alerting::config::AlertingConfig;
 use crate::providers::{KeyNeed, ProviderSettings};
 use crate::secret::Secret;
 use chrono::NaiveDate;
@@ -40,6 +41,8 @@ pub struct Config {
     /// How long samples are kept in the store. `None` derives it from the longest burn window.
     pub retention: Option<Duration>,
     pub accounts: Vec<AccountConfig>,
+    /// The built-in alerter (`[alerting]`); `None` leaves alerting to Prometheus.
+    pub alerting: Option<AlertingConfig>,
 }
 
 /// One `[[account]]`, with `[defaults]` applied and its secret resolved.
@@ -117,11 +120,12 @@ pub struct Problem {
     pub message: String,
 }
 
-/// Where a problem is: a position in the file, an account, or the file as a whole.
+/// Where a problem is: a position in the file, an account, an alert receiver, or the file as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     At { line: usize, col: usize },
     Account(String),
+    Receiver(String),
     File,
 }
 
@@ -130,6 +134,7 @@ impl fmt::Display for Problem {
         match &self.location {
             Location::At { line, col } => write!(f, "{}:{line}:{col}: {}", self.file, self.message),
             Location::Account(a) => write!(f, "{}: account {a:?}: {}", self.file, self.message),
+            Location::Receiver(r) => write!(f, "{}: receiver {r:?}: {}", self.file, self.message),
             Location::File => write!(f, "{}: {}", self.file, self.message),
         }
     }
@@ -318,7 +323,7 @@ impl HumanDuration {
 
 // ---------------------------------------------------------------------------------------------
 
-struct Parser<'s> {
+pub(crate) struct Parser<'s> {
     src: &'s str,
     file: String,
     problems: Vec<Problem>,
@@ -351,7 +356,7 @@ fn path_segments(path: &serde_ignored::Path<'_>, out: &mut Vec<Seg>) {
 }
 
 /// The span of the key (or element) that `path` names inside `value`.
-fn span_of(value: &Spanned<DeValue<'_>>, path: &[Seg]) -> Option<Range<usize>> {
+pub(crate) fn span_of(value: &Spanned<DeValue<'_>>, path: &[Seg]) -> Option<Range<usize>> {
     let (first, rest) = path.split_first()?;
     match (value.get_ref(), first) {
         (DeValue::Table(t), Seg::Key(k)) => {
@@ -376,7 +381,7 @@ fn span_of(value: &Spanned<DeValue<'_>>, path: &[Seg]) -> Option<Range<usize>> {
     }
 }
 
-fn display_path(path: &[Seg]) -> String {
+pub(crate) fn display_path(path: &[Seg]) -> String {
     let mut s = String::new();
     for seg in path {
         match seg {
@@ -416,7 +421,7 @@ impl Parser<'_> {
         (line, col)
     }
 
-    fn at(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
+    pub(crate) fn at(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
         let location = match span {
             Some(r) => {
                 let (line, col) = self.line_col(r.start);
@@ -439,7 +444,19 @@ impl Parser<'_> {
         });
     }
 
-    fn toml_error(&mut self, e: &toml::de::Error) {
+    pub(crate) fn receiver(&mut self, name: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            location: Location::Receiver(name.to_string()),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn warn(&mut self, message: String) {
+        self.warnings.push(Warning(message));
+    }
+
+    pub(crate) fn toml_error(&mut self, e: &toml::de::Error) {
         let msg = e.message().trim().to_string();
         self.at(e.span(), msg);
     }
@@ -469,6 +486,12 @@ impl Parser<'_> {
                 ),
             }
         }
+        // `[alerting]` is its own section, parsed (and its unknown keys reported) on its own.
+        let alerting_value = root
+            .keys()
+            .find(|k| k.get_ref() == "alerting")
+            .cloned()
+            .map(|k| (k.span(), root.remove(&k).expect("key present")));
         let rest = Spanned::new(root_span, DeValue::Table(root));
         let (top, ignored) = deserialize_tracking::<RawTop>(rest.clone());
         for segs in ignored {
@@ -542,6 +565,10 @@ impl Parser<'_> {
             taken.push((addr, format!("the proxy of account {:?}", a.name)));
         }
 
+        let alerting = alerting_value.and_then(|(span, value)| {
+            crate::alerting::config::parse(self, span, value, base_dir, env)
+        });
+
         let enable_reload = top.enable_reload;
         Some(Config {
             path: path.to_path_buf(),
@@ -554,6 +581,7 @@ impl Parser<'_> {
             max_concurrent_polls,
             retention: top.retention.as_ref().map(|d| d.duration),
             accounts,
+            alerting,
         })
     }
 
@@ -863,7 +891,7 @@ impl Parser<'_> {
 }
 
 #[cfg(unix)]
-fn world_readable(path: &Path) -> bool {
+pub(crate) fn world_readable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path)
         .map(|m| m.permissions().mode() & 0o004 != 0)
@@ -871,7 +899,7 @@ fn world_readable(path: &Path) -> bool {
 }
 
 #[cfg(not(unix))]
-fn world_readable(_: &Path) -> bool {
+pub(crate) fn world_readable(_: &Path) -> bool {
     false
 }
 

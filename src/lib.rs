@@ -1,5 +1,6 @@
 //! creditwatch: a Prometheus exporter and alerting daemon that forecasts when paid-API credits run out.
 
+pub mod alerting;
 pub mod app;
 pub mod backfill;
 pub mod clock;

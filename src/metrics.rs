@@ -86,6 +86,8 @@ fn specs() -> &'static [Spec] {
             spec("creditwatch_build_info", "Build information; always 1.", GAUGE, &["version", "revision"]),
             spec("creditwatch_config_last_reload_successful", "1 if the last configuration load succeeded, else 0.", GAUGE, &[]),
             spec("creditwatch_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load.", GAUGE, &[]),
+            spec("creditwatch_notifications_total", "Notification delivery attempts of the built-in alerter, by receiver and result (success or failure).", COUNTER, &["receiver", "result"]),
+            spec("creditwatch_alerts", "Alerts of the built-in alerter, by name and state (pending or firing).", GAUGE, &["alertname", "state"]),
         ];
         for u in Unit::ALL {
             let u = u.as_str();
@@ -403,6 +405,31 @@ impl Collector for Exporter {
                 &[],
                 secs(t),
             );
+        }
+        let alerting = self.state.alerting();
+        for (receiver, (ok, failed)) in &alerting.notifications {
+            for (result, n) in [("success", ok), ("failure", failed)] {
+                f.add(
+                    "creditwatch_notifications_total",
+                    &[("receiver", receiver), ("result", result)],
+                    *n as f64,
+                );
+            }
+        }
+        if alerting.enabled {
+            let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+            for (name, phase) in &alerting.alerts {
+                if *phase != "resolved" {
+                    *counts.entry((name, phase)).or_default() += 1;
+                }
+            }
+            for ((name, phase), n) in counts {
+                f.add(
+                    "creditwatch_alerts",
+                    &[("alertname", name), ("state", phase)],
+                    n as f64,
+                );
+            }
         }
         for (name, a) in &self.state.accounts() {
             account_families(&mut f, name, a);

@@ -23,6 +23,7 @@ pub struct State {
     reload: RwLock<ReloadStatus>,
     /// Running metering proxies by account: their address and the meter the exporter reads live.
     proxies: RwLock<BTreeMap<String, ProxyInfo>>,
+    alerting: RwLock<AlertingStatus>,
 }
 
 /// A running metering proxy (fluxrouter accounts).
@@ -31,6 +32,21 @@ pub struct ProxyInfo {
     /// The address it is bound to.
     pub addr: SocketAddr,
     pub meter: Arc<Meter>,
+}
+
+/// What the built-in alerter reports: notification counts per receiver, and its alerts.
+#[derive(Debug, Clone, Default)]
+pub struct AlertingStatus {
+    /// Delivery attempts per configured receiver: (successes, failures).
+    pub notifications: BTreeMap<String, (u64, u64)>,
+    /// Snapshots each receiver has processed (lets tests wait for a receiver to catch up).
+    pub rounds: BTreeMap<String, u64>,
+    /// Evaluations done since start.
+    pub evaluations: u64,
+    /// `(alertname, phase)` of every alert after the last evaluation.
+    pub alerts: Vec<(&'static str, &'static str)>,
+    /// Whether the alerter is running.
+    pub enabled: bool,
 }
 
 /// Outcome of the last config (re)load.
@@ -104,6 +120,7 @@ impl Default for State {
             pending_first: RwLock::default(),
             reload: RwLock::default(),
             proxies: RwLock::default(),
+            alerting: RwLock::default(),
         }
     }
 }
@@ -231,5 +248,63 @@ impl State {
 
     pub fn proxies(&self) -> BTreeMap<String, ProxyInfo> {
         self.proxies.read().unwrap().clone()
+    }
+
+    /// Sets the configured receivers (the alerter is on when `Some`), keeping the counts of
+    /// receivers that stay.
+    pub fn set_receivers(&self, names: Option<Vec<String>>) {
+        let mut a = self.alerting.write().unwrap();
+        a.enabled = names.is_some();
+        let names = names.unwrap_or_default();
+        a.notifications.retain(|k, _| names.contains(k));
+        a.rounds.retain(|k, _| names.contains(k));
+        for n in names {
+            a.notifications.entry(n.clone()).or_insert((0, 0));
+            a.rounds.entry(n).or_insert(0);
+        }
+        if !a.enabled {
+            a.alerts.clear();
+        }
+        drop(a);
+        self.changed();
+    }
+
+    /// Counts one delivery attempt to `receiver`.
+    pub fn count_notification(&self, receiver: &str, ok: bool) {
+        if let Some(c) = self
+            .alerting
+            .write()
+            .unwrap()
+            .notifications
+            .get_mut(receiver)
+        {
+            if ok {
+                c.0 += 1;
+            } else {
+                c.1 += 1;
+            }
+        }
+        self.changed();
+    }
+
+    /// Marks that `receiver` has processed one more snapshot.
+    pub fn notifier_round(&self, receiver: &str) {
+        if let Some(n) = self.alerting.write().unwrap().rounds.get_mut(receiver) {
+            *n += 1;
+        }
+        self.changed();
+    }
+
+    /// Records one evaluation's alerts.
+    pub fn set_alerts(&self, alerts: Vec<(&'static str, &'static str)>) {
+        let mut a = self.alerting.write().unwrap();
+        a.evaluations += 1;
+        a.alerts = alerts;
+        drop(a);
+        self.changed();
+    }
+
+    pub fn alerting(&self) -> AlertingStatus {
+        self.alerting.read().unwrap().clone()
     }
 }

@@ -6,7 +6,8 @@
 //! per pool with its cumulative consumption and last observation, so `consumed_total` survives
 //! restarts and pruning. Each poll's rows are written in one transaction. `proxy_totals` and
 //! `proxy_requests` are the fluxrouter proxy's spend ledger and request log. The schema carries a
-//! version (`PRAGMA user_version`) and a list of migrations, applied in order on open.
+//! version (`PRAGMA user_version`) and a list of migrations, applied in order on open. `alerts` and
+//! `notifications` hold the built-in alerter's state.
 
 use crate::forecast::Point;
 use crate::forecast::consumption::Observation;
@@ -82,6 +83,25 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX proxy_requests_by_time ON proxy_requests (ts_ms);
     CREATE INDEX proxy_requests_by_request_id ON proxy_requests (request_id);",
+    // 3: the built-in alerter's alerts and what each receiver was last told, so a restart
+    // neither pages again nor forgets a firing alert.
+    "CREATE TABLE alerts (
+        fingerprint TEXT PRIMARY KEY,
+        alertname TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        annotations TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        active_at_ms INTEGER NOT NULL,
+        fired_at_ms INTEGER,
+        resolved_at_ms INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE notifications (
+        receiver TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        sent_at_ms INTEGER NOT NULL,
+        firing TEXT NOT NULL,
+        PRIMARY KEY (receiver, group_key)
+    ) WITHOUT ROWID;",
 ];
 
 /// A failure of the store, with the database path.
@@ -171,6 +191,27 @@ pub struct ProxyLogRow {
     pub cost: Option<Decimal>,
     /// Why a request is unpriced (e.g. the malformed header value), for later diagnosis.
     pub note: Option<String>,
+}
+
+/// One alert of the built-in alerter, as stored (labels and annotations as JSON objects).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRow {
+    pub fingerprint: String,
+    pub alertname: String,
+    pub labels: String,
+    pub annotations: String,
+    pub phase: String,
+    pub active_at_ms: i64,
+    pub fired_at_ms: Option<i64>,
+    pub resolved_at_ms: Option<i64>,
+}
+
+/// What a receiver was last told about one group: when, and which alerts were firing (JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationRow {
+    pub group_key: String,
+    pub sent_at_ms: i64,
+    pub firing: String,
 }
 
 /// Handle to the store; cheap to clone. Calls block, so async code runs them on the blocking pool.
@@ -729,6 +770,105 @@ impl Store {
 
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Every alert of the built-in alerter.
+    pub fn alerts(&self) -> Result<Vec<AlertRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT fingerprint, alertname, labels, annotations, phase, active_at_ms, fired_at_ms, resolved_at_ms
+                 FROM alerts ORDER BY fingerprint",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(AlertRow {
+                    fingerprint: r.get(0)?,
+                    alertname: r.get(1)?,
+                    labels: r.get(2)?,
+                    annotations: r.get(3)?,
+                    phase: r.get(4)?,
+                    active_at_ms: r.get(5)?,
+                    fired_at_ms: r.get(6)?,
+                    resolved_at_ms: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Replaces the alerter's alerts with `rows`, atomically.
+    pub fn save_alerts(&self, rows: &[AlertRow]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM alerts", [])
+            .map_err(|e| self.err(e))?;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO alerts (fingerprint, alertname, labels, annotations, phase, active_at_ms, fired_at_ms, resolved_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(|e| self.err(e))?;
+            for r in rows {
+                ins.execute(params![
+                    r.fingerprint,
+                    r.alertname,
+                    r.labels,
+                    r.annotations,
+                    r.phase,
+                    r.active_at_ms,
+                    r.fired_at_ms,
+                    r.resolved_at_ms
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// What `receiver` was last told, by group.
+    pub fn notifications(&self, receiver: &str) -> Result<Vec<NotificationRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT group_key, sent_at_ms, firing FROM notifications WHERE receiver = ?1 ORDER BY group_key",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![receiver], |r| {
+                Ok(NotificationRow {
+                    group_key: r.get(0)?,
+                    sent_at_ms: r.get(1)?,
+                    firing: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Records a delivered notification; a group with nothing firing any more is deleted.
+    pub fn record_notification(
+        &self,
+        receiver: &str,
+        row: &NotificationRow,
+        still_firing: bool,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let r = if still_firing {
+            conn.execute(
+                "INSERT INTO notifications (receiver, group_key, sent_at_ms, firing) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (receiver, group_key) DO UPDATE SET sent_at_ms = excluded.sent_at_ms, firing = excluded.firing",
+                params![receiver, row.group_key, row.sent_at_ms, row.firing],
+            )
+        } else {
+            conn.execute(
+                "DELETE FROM notifications WHERE receiver = ?1 AND group_key = ?2",
+                params![receiver, row.group_key],
+            )
+        };
+        r.map(|_| ()).map_err(|e| self.err(e))
     }
 }
 

@@ -1,0 +1,667 @@
+//! The alerts of the product contract, evaluated from the exporter's own series with the same conditions as `alerts/creditwatch.rules.yml`.
+//!
+//! Evaluating the exposition (not internal structs) keeps the built-in alerter honest: it sees
+//! exactly what Prometheus would scrape, so the two paths agree, and an alert whose series a
+//! provider starts exporting (such as key expiry) works without touching this file.
+
+use super::config::RuleConfig;
+use chrono::{DateTime, Utc};
+use prometheus::proto::MetricFamily;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+/// Label names and values, sorted.
+pub type Labels = BTreeMap<String, String>;
+
+/// Forecasts of a pool whose period started less than this long ago are not trusted.
+pub const JUST_RESET: f64 = 3600.0;
+/// Forecasts of an account whose last successful poll is older than this are stale.
+pub const STALE_AFTER: f64 = 3600.0;
+
+/// The six alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AlertName {
+    CreditsExhaustionBeforeReset,
+    CreditsExhaustionImminent,
+    CreditsLow,
+    CreditsExhausted,
+    CreditwatchAccountDown,
+    ApiKeyExpiringSoon,
+}
+
+/// The kind of threshold an alert takes besides `for` and `enabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threshold {
+    /// `remaining_ratio_below`
+    RatioBelow,
+    /// `within`
+    Within,
+}
+
+impl AlertName {
+    pub const ALL: [AlertName; 6] = [
+        AlertName::CreditsExhaustionBeforeReset,
+        AlertName::CreditsExhaustionImminent,
+        AlertName::CreditsLow,
+        AlertName::CreditsExhausted,
+        AlertName::CreditwatchAccountDown,
+        AlertName::ApiKeyExpiringSoon,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertName::CreditsExhaustionBeforeReset => "CreditsExhaustionBeforeReset",
+            AlertName::CreditsExhaustionImminent => "CreditsExhaustionImminent",
+            AlertName::CreditsLow => "CreditsLow",
+            AlertName::CreditsExhausted => "CreditsExhausted",
+            AlertName::CreditwatchAccountDown => "CreditwatchAccountDown",
+            AlertName::ApiKeyExpiringSoon => "ApiKeyExpiringSoon",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<AlertName> {
+        AlertName::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    pub fn severity(self) -> &'static str {
+        match self {
+            AlertName::CreditsExhaustionImminent | AlertName::CreditsExhausted => "critical",
+            _ => "warning",
+        }
+    }
+
+    pub fn threshold(self) -> Option<Threshold> {
+        match self {
+            AlertName::CreditsExhaustionBeforeReset | AlertName::CreditsLow => {
+                Some(Threshold::RatioBelow)
+            }
+            AlertName::CreditsExhaustionImminent | AlertName::ApiKeyExpiringSoon => {
+                Some(Threshold::Within)
+            }
+            _ => None,
+        }
+    }
+
+    /// The keys `[alerting.rules.<name>]` accepts.
+    pub fn keys(self) -> Vec<&'static str> {
+        let mut k = vec!["enabled", "for"];
+        match self.threshold() {
+            Some(Threshold::RatioBelow) => k.push("remaining_ratio_below"),
+            Some(Threshold::Within) => k.push("within"),
+            None => {}
+        }
+        k
+    }
+
+    /// The maintainers' defaults: the same thresholds and `for:` as the shipped rules.
+    pub fn defaults(self) -> RuleConfig {
+        let m = |n: u64| Duration::from_secs(n * 60);
+        let (for_, ratio_below, within) = match self {
+            AlertName::CreditsExhaustionBeforeReset => (m(60), Some(0.5), None),
+            AlertName::CreditsExhaustionImminent => (m(15), None, Some(m(24 * 60))),
+            AlertName::CreditsLow => (m(15), Some(0.1), None),
+            AlertName::CreditsExhausted => (m(5), None, None),
+            AlertName::CreditwatchAccountDown => (m(30), None, None),
+            AlertName::ApiKeyExpiringSoon => (m(60), None, Some(m(7 * 24 * 60))),
+        };
+        RuleConfig {
+            enabled: true,
+            for_,
+            ratio_below,
+            within,
+        }
+    }
+
+    /// Whether the alert is about an account as a whole (its labels are provider and account).
+    pub fn account_level(self) -> bool {
+        self == AlertName::CreditwatchAccountDown
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+type PoolKey = (String, String, String, String);
+type AccountKey = (String, String);
+
+/// The exporter's series, indexed for lookups by pool, account and key.
+#[derive(Debug, Default)]
+pub struct Samples {
+    by_name: HashMap<String, Vec<(Labels, f64)>>,
+}
+
+fn get(l: &Labels, k: &str) -> String {
+    l.get(k).cloned().unwrap_or_default()
+}
+
+impl Samples {
+    pub fn from_families(families: &[MetricFamily]) -> Samples {
+        let mut by_name: HashMap<String, Vec<(Labels, f64)>> = HashMap::new();
+        for f in families {
+            let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
+            let v = by_name.entry(f.name().to_string()).or_default();
+            for m in f.get_metric() {
+                let labels: Labels = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_string(), l.value().to_string()))
+                    .collect();
+                let value = if counter {
+                    m.get_counter().get_value()
+                } else {
+                    m.get_gauge().get_value()
+                };
+                v.push((labels, value));
+            }
+        }
+        Samples { by_name }
+    }
+
+    /// Adds one series (for tests).
+    pub fn push(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.by_name.entry(name.to_string()).or_default().push((
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value,
+        ));
+    }
+
+    fn series(&self, name: &str) -> &[(Labels, f64)] {
+        self.by_name.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn by_pool(&self, name: &str) -> HashMap<PoolKey, f64> {
+        self.series(name)
+            .iter()
+            .map(|(l, v)| {
+                (
+                    (
+                        get(l, "provider"),
+                        get(l, "account"),
+                        get(l, "pool"),
+                        get(l, "key"),
+                    ),
+                    *v,
+                )
+            })
+            .collect()
+    }
+
+    /// A per-unit family (`creditwatch_remaining_credits`, `..._usd`) by pool, with the unit.
+    fn by_pool_unit(&self, prefix: &str) -> HashMap<PoolKey, (f64, &'static str)> {
+        let mut out = HashMap::new();
+        for unit in ["credits", "usd"] {
+            for (k, v) in self.by_pool(&format!("{prefix}{unit}")) {
+                out.insert(k, (v, unit));
+            }
+        }
+        out
+    }
+
+    fn by_account(&self, name: &str) -> HashMap<AccountKey, f64> {
+        self.series(name)
+            .iter()
+            .map(|(l, v)| ((get(l, "provider"), get(l, "account")), *v))
+            .collect()
+    }
+
+    fn accounts_in(&self, name: &str) -> BTreeSet<AccountKey> {
+        self.series(name)
+            .iter()
+            .map(|(l, _)| (get(l, "provider"), get(l, "account")))
+            .collect()
+    }
+}
+
+/// An alert whose condition holds now, with its labels, value and annotations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub alert: AlertName,
+    pub labels: Labels,
+    pub value: f64,
+    pub annotations: Labels,
+}
+
+/// One evaluation's result.
+#[derive(Debug, Default)]
+pub struct Evaluation {
+    pub candidates: Vec<Candidate>,
+    /// Accounts that are configured but have no successful poll since start: their pool and key
+    /// alerts keep their state (unknown is not "resolved").
+    pub held_pools: BTreeSet<AccountKey>,
+    /// Accounts not polled yet since start: CreditwatchAccountDown keeps its state.
+    pub held_accounts: BTreeSet<AccountKey>,
+}
+
+impl Evaluation {
+    /// Whether an existing alert with these labels must keep its state this round.
+    pub fn is_held(&self, alert: AlertName, labels: &Labels) -> bool {
+        let key = (get(labels, "provider"), get(labels, "account"));
+        if alert.account_level() {
+            self.held_accounts.contains(&key)
+        } else {
+            self.held_pools.contains(&key)
+        }
+    }
+}
+
+/// Formats like Prometheus's `humanize`: 4 significant digits with an SI prefix.
+pub fn humanize(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let big = [
+        ("", 1.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+    ];
+    let small = [("m", 1e-3), ("u", 1e-6), ("n", 1e-9)];
+    let a = v.abs();
+    let (prefix, scale) = if a >= 1.0 {
+        *big.iter().rev().find(|(_, s)| a >= *s).expect("a >= 1")
+    } else {
+        *small.iter().find(|(_, s)| a >= *s).unwrap_or(&("n", 1e-9))
+    };
+    format!("{}{prefix}", g4(v / scale))
+}
+
+/// `%.4g` without an exponent, trailing zeros trimmed.
+fn g4(v: f64) -> String {
+    if v == 0.0 {
+        return "0".into();
+    }
+    let exp = v.abs().log10().floor() as i32;
+    let decimals = (3 - exp).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// A Unix time as `2026-11-21 12:00:00 UTC`.
+pub fn timestamp(t: f64) -> String {
+    DateTime::<Utc>::from_timestamp_millis((t * 1000.0).round() as i64)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| format!("{t}"))
+}
+
+/// A number of seconds like Prometheus's `humanizeDuration`: `2d 3h 4m 5s`.
+pub fn duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    let (d, h, m, s) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if d > 0 {
+        format!("{d}d {h}h {m}m {s}s")
+    } else if h > 0 {
+        format!("{h}h {m}m {s}s")
+    } else if m > 0 {
+        format!("{m}m {s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn who(p: &PoolKey) -> String {
+    let key = if p.3.is_empty() {
+        String::new()
+    } else {
+        format!(", key {}", p.3)
+    };
+    format!("{} account {}, pool {}{key}", p.0, p.1, p.2)
+}
+
+fn pool_summary(p: &PoolKey, what: &str) -> String {
+    let key = if p.3.is_empty() {
+        String::new()
+    } else {
+        format!(" (key {})", p.3)
+    };
+    format!("{}: pool {}{key} {what}", p.1, p.2)
+}
+
+fn pool_labels(alert: AlertName, p: &PoolKey) -> Labels {
+    let mut l = Labels::new();
+    l.insert("alertname".into(), alert.as_str().into());
+    l.insert("severity".into(), alert.severity().into());
+    l.insert("provider".into(), p.0.clone());
+    l.insert("account".into(), p.1.clone());
+    l.insert("pool".into(), p.2.clone());
+    if !p.3.is_empty() {
+        l.insert("key".into(), p.3.clone());
+    }
+    l
+}
+
+fn annotations(summary: String, description: String, runbook: String) -> Labels {
+    Labels::from([
+        ("summary".to_string(), summary),
+        ("description".to_string(), description),
+        ("runbook_url".to_string(), runbook),
+    ])
+}
+
+/// Evaluates every enabled alert at `now` (Unix seconds). `runbook_base` is the URL the
+/// `/runbook` page is reached at.
+pub fn evaluate(
+    s: &Samples,
+    now: f64,
+    rules: &BTreeMap<AlertName, RuleConfig>,
+    runbook_base: &str,
+) -> Evaluation {
+    let remaining = s.by_pool_unit("creditwatch_remaining_");
+    let limit = s.by_pool_unit("creditwatch_limit_");
+    let projected = s.by_pool_unit("creditwatch_projected_remaining_at_reset_");
+    let ratio = s.by_pool("creditwatch_remaining_ratio");
+    let exhausts = s.by_pool("creditwatch_exhausts_before_reset");
+    let exhaustion = s.by_pool("creditwatch_exhaustion_timestamp_seconds");
+    let reset = s.by_pool("creditwatch_reset_timestamp_seconds");
+    let period_start = s.by_pool("creditwatch_period_start_timestamp_seconds");
+    let last_success = s.by_account("creditwatch_last_success_timestamp_seconds");
+    let up = s.by_account("creditwatch_up");
+
+    let configured = s.accounts_in("creditwatch_scrape_errors_total");
+    let with_data = s.accounts_in("creditwatch_account_info");
+    let mut ev = Evaluation {
+        held_pools: configured.difference(&with_data).cloned().collect(),
+        held_accounts: configured
+            .iter()
+            .filter(|a| !up.contains_key(*a))
+            .cloned()
+            .collect(),
+        ..Evaluation::default()
+    };
+
+    let runbook = |a: AlertName| format!("{runbook_base}/runbook#{}", a.as_str().to_lowercase());
+    let account_of = |p: &PoolKey| (p.0.clone(), p.1.clone());
+    let stale = |p: &PoolKey| {
+        last_success
+            .get(&account_of(p))
+            .is_some_and(|t| now - t > STALE_AFTER)
+    };
+    let just_reset = |p: &PoolKey| period_start.get(p).is_some_and(|t| now - t < JUST_RESET);
+    let enabled = |a: AlertName| rules.get(&a).filter(|r| r.enabled);
+    let amount = |p: &PoolKey| {
+        remaining
+            .get(p)
+            .map(|(v, u)| format!("{} {u}", humanize(*v)))
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let sorted = |m: &HashMap<PoolKey, f64>| {
+        let mut v: Vec<(PoolKey, f64)> = m.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+
+    if let Some(rule) = enabled(AlertName::CreditsExhaustionBeforeReset) {
+        let a = AlertName::CreditsExhaustionBeforeReset;
+        let below = rule.ratio_below.unwrap_or(0.5);
+        for (p, v) in sorted(&exhausts) {
+            let level = ratio.get(&p).is_none_or(|r| *r < below);
+            if v != 1.0 || !level || just_reset(&p) || stale(&p) {
+                continue;
+            }
+            let burn = match (
+                remaining.get(&p),
+                projected.get(&p),
+                reset.get(&p),
+                last_success.get(&account_of(&p)),
+            ) {
+                (Some((r, _)), Some((pr, _)), Some(rs), Some(ls)) if rs > ls => {
+                    humanize(86400.0 * (r - pr) / (rs - ls))
+                }
+                _ => "an unknown amount".into(),
+            };
+            let mut d = format!(
+                "{}: {} left, burning {burn} per day. At that rate it runs out ",
+                who(&p),
+                amount(&p)
+            );
+            match exhaustion.get(&p) {
+                Some(t) => d.push_str(&format!("on {}", timestamp(*t))),
+                None => d.push_str("soon"),
+            }
+            if let Some(t) = reset.get(&p) {
+                d.push_str(&format!(", before it resets on {}", timestamp(*t)));
+            }
+            if let Some((pr, _)) = projected.get(&p) {
+                d.push_str(&format!(" ({} short)", humanize(-pr)));
+            }
+            d.push_str(". Top up or raise the limit before then.");
+            ev.candidates.push(Candidate {
+                alert: a,
+                labels: pool_labels(a, &p),
+                value: v,
+                annotations: annotations(
+                    pool_summary(&p, "runs out before its reset"),
+                    d,
+                    runbook(a),
+                ),
+            });
+        }
+    }
+
+    if let Some(rule) = enabled(AlertName::CreditsExhaustionImminent) {
+        let a = AlertName::CreditsExhaustionImminent;
+        let within = rule
+            .within
+            .unwrap_or(Duration::from_secs(86400))
+            .as_secs_f64();
+        for (p, t) in sorted(&exhaustion) {
+            let left = t - now;
+            let has_credits = remaining.get(&p).is_some_and(|(r, _)| *r > 0.0);
+            let refill_first = reset.get(&p).is_some_and(|r| *r < t);
+            if left >= within || !has_credits || refill_first || just_reset(&p) || stale(&p) {
+                continue;
+            }
+            let burn = match (remaining.get(&p), last_success.get(&account_of(&p))) {
+                (Some((r, _)), Some(ls)) if t > *ls => humanize(86400.0 * r / (t - ls)),
+                _ => "an unknown amount".into(),
+            };
+            let mut d = format!(
+                "{}: {} left, burning {burn} per day. At that rate it runs out on {} (in {})",
+                who(&p),
+                amount(&p),
+                timestamp(t),
+                duration(left)
+            );
+            if let Some(r) = reset.get(&p) {
+                d.push_str(&format!(", before it resets on {}", timestamp(*r)));
+            }
+            d.push_str(". Top up or raise the limit now.");
+            ev.candidates.push(Candidate {
+                alert: a,
+                labels: pool_labels(a, &p),
+                value: left,
+                annotations: annotations(
+                    pool_summary(&p, &format!("runs out within {}", humanize_window(within))),
+                    d,
+                    runbook(a),
+                ),
+            });
+        }
+    }
+
+    if let Some(rule) = enabled(AlertName::CreditsLow) {
+        let a = AlertName::CreditsLow;
+        let below = rule.ratio_below.unwrap_or(0.1);
+        for (p, r) in sorted(&ratio) {
+            if r >= below {
+                continue;
+            }
+            let pct = |x: f64| format!("{}%", g4(x * 100.0));
+            let mut d = format!("{}: {} left", who(&p), amount(&p));
+            if let Some((l, _)) = limit.get(&p) {
+                d.push_str(&format!(" of {}", humanize(*l)));
+            }
+            d.push_str(&format!(" ({})", pct(r)));
+            if let Some(t) = reset.get(&p) {
+                d.push_str(&format!("; the pool resets on {}", timestamp(*t)));
+            }
+            d.push('.');
+            ev.candidates.push(Candidate {
+                alert: a,
+                labels: pool_labels(a, &p),
+                value: r,
+                annotations: annotations(
+                    pool_summary(&p, &format!("is below {} ({} left)", pct(below), pct(r))),
+                    d,
+                    runbook(a),
+                ),
+            });
+        }
+    }
+
+    if enabled(AlertName::CreditsExhausted).is_some() {
+        let a = AlertName::CreditsExhausted;
+        let mut pools: Vec<(&PoolKey, &(f64, &str))> = remaining.iter().collect();
+        pools.sort_by(|x, y| x.0.cmp(y.0));
+        for (p, (r, _)) in pools {
+            if *r > 0.0 {
+                continue;
+            }
+            let mut d = format!(
+                "{}: {} left; requests that need it are failing now",
+                who(p),
+                g4(*r)
+            );
+            if let Some(t) = reset.get(p) {
+                d.push_str(&format!(" until it resets on {}", timestamp(*t)));
+            }
+            d.push('.');
+            ev.candidates.push(Candidate {
+                alert: a,
+                labels: pool_labels(a, p),
+                value: *r,
+                annotations: annotations(pool_summary(p, "is exhausted"), d, runbook(a)),
+            });
+        }
+    }
+
+    if let Some(rule) = enabled(AlertName::CreditwatchAccountDown) {
+        let a = AlertName::CreditwatchAccountDown;
+        let mut accounts: Vec<(&AccountKey, &f64)> = up.iter().collect();
+        accounts.sort_by(|a, b| a.0.cmp(b.0));
+        for ((provider, account), v) in accounts {
+            if *v != 0.0 {
+                continue;
+            }
+            let mut reasons: Vec<String> = s
+                .series("creditwatch_scrape_errors_total")
+                .iter()
+                .filter(|(l, v)| {
+                    get(l, "provider") == *provider && get(l, "account") == *account && *v > 0.0
+                })
+                .map(|(l, v)| format!("{} {}", get(l, "reason"), humanize(*v)))
+                .collect();
+            reasons.sort();
+            let mut d = format!(
+                "Every poll of {provider} account {account} has failed for {}",
+                duration(rule.for_.as_secs_f64())
+            );
+            if !reasons.is_empty() {
+                d.push_str(&format!(
+                    " (failures since start by reason: {})",
+                    reasons.join(", ")
+                ));
+            }
+            let last = last_success
+                .get(&(provider.clone(), account.clone()))
+                .map(|t| timestamp(*t))
+                .unwrap_or_else(|| "never".into());
+            d.push_str(&format!(
+                ". Last successful poll: {last}. Its credits and forecasts are not being updated."
+            ));
+            let labels = Labels::from([
+                ("alertname".to_string(), a.as_str().to_string()),
+                ("severity".to_string(), a.severity().to_string()),
+                ("provider".to_string(), provider.clone()),
+                ("account".to_string(), account.clone()),
+            ]);
+            ev.candidates.push(Candidate {
+                alert: a,
+                labels,
+                value: *v,
+                annotations: annotations(
+                    format!("{account}: creditwatch cannot poll the {provider} usage API"),
+                    d,
+                    runbook(a),
+                ),
+            });
+        }
+    }
+
+    if let Some(rule) = enabled(AlertName::ApiKeyExpiringSoon) {
+        let a = AlertName::ApiKeyExpiringSoon;
+        let within = rule
+            .within
+            .unwrap_or(Duration::from_secs(7 * 86400))
+            .as_secs_f64();
+        let key3 = |l: &Labels| (get(l, "provider"), get(l, "account"), get(l, "key"));
+        let inactive: BTreeSet<_> = s
+            .series("creditwatch_key_active")
+            .iter()
+            .filter(|(_, v)| *v == 0.0)
+            .map(|(l, _)| key3(l))
+            .collect();
+        let mut keys: Vec<_> = s
+            .series("creditwatch_key_expiry_timestamp_seconds")
+            .iter()
+            .map(|(l, v)| (key3(l), *v))
+            .collect();
+        keys.sort_by(|x, y| x.0.cmp(&y.0));
+        for (k, t) in keys {
+            let left = t - now;
+            if left >= within || inactive.contains(&k) {
+                continue;
+            }
+            let (provider, account, key) = &k;
+            let when = if left > 0.0 {
+                format!("expires in {}", duration(left))
+            } else {
+                "has expired".into()
+            };
+            let d = format!(
+                "API key {key} of {provider} account {account} {when}, on {}. Rotate it before then.",
+                timestamp(t)
+            );
+            let labels = Labels::from([
+                ("alertname".to_string(), a.as_str().to_string()),
+                ("severity".to_string(), a.severity().to_string()),
+                ("provider".to_string(), provider.clone()),
+                ("account".to_string(), account.clone()),
+                ("key".to_string(), key.clone()),
+            ]);
+            ev.candidates.push(Candidate {
+                alert: a,
+                labels,
+                value: left,
+                annotations: annotations(
+                    format!(
+                        "{account}: API key {key} expires within {}",
+                        humanize_window(within)
+                    ),
+                    d,
+                    runbook(a),
+                ),
+            });
+        }
+    }
+    ev
+}
+
+/// A threshold window in words: `24 hours`, `7 days`, else humantime.
+fn humanize_window(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s.is_multiple_of(86400) && s != 86400 {
+        format!("{} days", s / 86400)
+    } else if s.is_multiple_of(3600) {
+        format!("{} hours", s / 3600)
+    } else {
+        humantime::format_duration(Duration::from_secs(s)).to_string()
+    }
+}
