@@ -133,7 +133,6 @@ pub async fn prometheus(target: &str, rule_files: &[&Path]) -> Proc {
 }
 
 /// Starts Alertmanager with `config` (YAML), clustering off.
-#[allow(dead_code)]
 pub async fn alertmanager(config: &str) -> Proc {
     start(
         "prometheus-alertmanager",

@@ -1,5 +1,6 @@
 //! Integration tests, as one binary: the real daemon against fake upstreams, read back over HTTP.
 
+mod alerting;
 mod browser;
 mod cli;
 mod daemon;
