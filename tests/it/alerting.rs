@@ -299,3 +299,31 @@ async fn wait_rounds(app: &crate::support::TestApp, receiver: &str, n: u64) {
         .wait_until(|s| s.alerting().rounds.get(receiver).is_some_and(|r| *r >= n))
         .await;
 }
+
+#[test]
+fn the_example_alerting_block_is_valid_once_uncommented() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text
+        .find("\n# [alerting]\n")
+        .expect("the example has an [alerting] block");
+    let block: String = text[start..]
+        .lines()
+        .filter(|l| !l.starts_with("##"))
+        .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+        .map(|l| l.split("##").next().unwrap().trim_end().to_string() + "\n")
+        .collect();
+    let full = format!("{}{block}", &text[..start]);
+    let env = |k: &str| {
+        Some(match k {
+            "SLACK_WEBHOOK_URL" => "https://hooks.slack.test/services/T/B/x".to_string(),
+            _ => "dummy-key".to_string(),
+        })
+    };
+    let (config, _) =
+        creditwatch::config::Config::parse(&full, &path, path.parent().unwrap(), &env)
+            .unwrap_or_else(|e| panic!("{e}\n---\n{block}"));
+    let alerting = config.alerting.expect("alerting is on");
+    let names: Vec<&str> = alerting.receivers.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["oncall", "chat", "alertmanager"]);
+}
