@@ -665,3 +665,246 @@ fn humanize_window(secs: f64) -> String {
         humantime::format_duration(Duration::from_secs(s)).to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> BTreeMap<AlertName, RuleConfig> {
+        AlertName::ALL.iter().map(|a| (*a, a.defaults())).collect()
+    }
+
+    fn pool(account: &str, pool: &str) -> [(&'static str, String); 4] {
+        [
+            ("provider", "fluximage".into()),
+            ("account", account.into()),
+            ("pool", pool.into()),
+            ("key", String::new()),
+        ]
+    }
+
+    fn push(s: &mut Samples, name: &str, labels: &[(&'static str, String)], v: f64) {
+        let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        s.push(name, &l, v);
+    }
+
+    /// The first scenario of alerts/tests/creditwatch.rules.test.yml, evaluated at 4200s: only
+    /// images/ai alerts, with the same numbers in its description.
+    #[test]
+    fn before_reset_matches_the_shipped_rule_and_its_exclusions() {
+        let mut s = Samples::default();
+        for (account, last) in [("images", 4200.0), ("fresh", 4200.0), ("stale", 0.0)] {
+            let acc = [
+                ("provider", "fluximage".to_string()),
+                ("account", account.to_string()),
+            ];
+            push(
+                &mut s,
+                "creditwatch_last_success_timestamp_seconds",
+                &acc,
+                last,
+            );
+        }
+        let ai = pool("images", "ai");
+        push(&mut s, "creditwatch_remaining_credits", &ai, 400.0);
+        push(&mut s, "creditwatch_limit_credits", &ai, 1000.0);
+        push(&mut s, "creditwatch_remaining_ratio", &ai, 0.4);
+        push(
+            &mut s,
+            "creditwatch_projected_remaining_at_reset_credits",
+            &ai,
+            -200.0,
+        );
+        push(&mut s, "creditwatch_exhausts_before_reset", &ai, 1.0);
+        push(
+            &mut s,
+            "creditwatch_exhaustion_timestamp_seconds",
+            &ai,
+            465_000.0,
+        );
+        push(
+            &mut s,
+            "creditwatch_reset_timestamp_seconds",
+            &ai,
+            695_400.0,
+        );
+        push(
+            &mut s,
+            "creditwatch_period_start_timestamp_seconds",
+            &ai,
+            -1_896_000.0,
+        );
+        for (account, p, ratio, start) in [
+            ("images", "rich", 0.8, -1_896_000.0),
+            ("fresh", "ai", 0.3, 3000.0),
+            ("stale", "ai", 0.3, -1_896_000.0),
+        ] {
+            let l = pool(account, p);
+            push(&mut s, "creditwatch_remaining_ratio", &l, ratio);
+            push(&mut s, "creditwatch_exhausts_before_reset", &l, 1.0);
+            push(
+                &mut s,
+                "creditwatch_period_start_timestamp_seconds",
+                &l,
+                start,
+            );
+        }
+        let ev = evaluate(&s, 4200.0, &rules(), "http://cw:9477");
+        let got: Vec<(AlertName, &str, &str)> = ev
+            .candidates
+            .iter()
+            .map(|c| {
+                (
+                    c.alert,
+                    c.labels["account"].as_str(),
+                    c.labels["pool"].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [(AlertName::CreditsExhaustionBeforeReset, "images", "ai")]
+        );
+        let c = &ev.candidates[0];
+        assert_eq!(
+            c.annotations["summary"],
+            "images: pool ai runs out before its reset"
+        );
+        assert_eq!(
+            c.annotations["description"],
+            "fluximage account images, pool ai: 400 credits left, burning 75 per day. At that rate it runs out on 1970-01-06 09:10:00 UTC, before it resets on 1970-01-09 01:10:00 UTC (200 short). Top up or raise the limit before then."
+        );
+        assert_eq!(
+            c.annotations["runbook_url"],
+            "http://cw:9477/runbook#creditsexhaustionbeforereset"
+        );
+    }
+
+    /// The Imminent scenario of the promtool tests at 1800s: a resetting pool and a USD balance
+    /// fire; a refill first, a far exhaustion and an empty pool do not.
+    #[test]
+    fn imminent_matches_the_shipped_rule() {
+        let mut s = Samples::default();
+        for (provider, account) in [("fluximage", "images"), ("imagerouter", "router")] {
+            let acc = [
+                ("provider", provider.to_string()),
+                ("account", account.to_string()),
+            ];
+            push(
+                &mut s,
+                "creditwatch_last_success_timestamp_seconds",
+                &acc,
+                1200.0,
+            );
+        }
+        for (p, remaining, exhaustion, reset) in [
+            ("burst", 50.0, 44_400.0, Some(691_200.0)),
+            ("refill", 50.0, 44_400.0, Some(10_000.0)),
+            ("far", 300.0, 260_400.0, None),
+            ("empty", 0.0, 1200.0, None),
+        ] {
+            let l = pool("images", p);
+            push(&mut s, "creditwatch_remaining_credits", &l, remaining);
+            push(
+                &mut s,
+                "creditwatch_exhaustion_timestamp_seconds",
+                &l,
+                exhaustion,
+            );
+            if let Some(r) = reset {
+                push(&mut s, "creditwatch_reset_timestamp_seconds", &l, r);
+                push(
+                    &mut s,
+                    "creditwatch_period_start_timestamp_seconds",
+                    &l,
+                    -1_900_800.0,
+                );
+            }
+        }
+        let b = [
+            ("provider", "imagerouter".to_string()),
+            ("account", "router".to_string()),
+            ("pool", "balance".to_string()),
+            ("key", String::new()),
+        ];
+        push(&mut s, "creditwatch_remaining_usd", &b, 20.0);
+        push(
+            &mut s,
+            "creditwatch_exhaustion_timestamp_seconds",
+            &b,
+            8400.0,
+        );
+        let ev = evaluate(&s, 1800.0, &rules(), "");
+        let imminent: Vec<&Candidate> = ev
+            .candidates
+            .iter()
+            .filter(|c| c.alert == AlertName::CreditsExhaustionImminent)
+            .collect();
+        let descriptions: Vec<&str> = imminent
+            .iter()
+            .map(|c| c.annotations["description"].as_str())
+            .collect();
+        assert_eq!(
+            descriptions,
+            [
+                "fluximage account images, pool burst: 50 credits left, burning 100 per day. At that rate it runs out on 1970-01-01 12:20:00 UTC (in 11h 50m 0s), before it resets on 1970-01-09 00:00:00 UTC. Top up or raise the limit now.",
+                "imagerouter account router, pool balance: 20 usd left, burning 240 per day. At that rate it runs out on 1970-01-01 02:20:00 UTC (in 1h 50m 0s). Top up or raise the limit now.",
+            ]
+        );
+        assert_eq!(imminent[0].labels["severity"], "critical");
+    }
+
+    #[test]
+    fn key_expiry_skips_inactive_and_distant_keys() {
+        let mut s = Samples::default();
+        let key = |k: &str| {
+            [
+                ("provider", "imagerouter".to_string()),
+                ("account", "router".to_string()),
+                ("key", k.to_string()),
+            ]
+        };
+        push(
+            &mut s,
+            "creditwatch_key_expiry_timestamp_seconds",
+            &key("batch"),
+            259_200.0,
+        );
+        push(&mut s, "creditwatch_key_active", &key("batch"), 1.0);
+        push(
+            &mut s,
+            "creditwatch_key_expiry_timestamp_seconds",
+            &key("retired"),
+            259_200.0,
+        );
+        push(&mut s, "creditwatch_key_active", &key("retired"), 0.0);
+        push(
+            &mut s,
+            "creditwatch_key_expiry_timestamp_seconds",
+            &key("fresh"),
+            2_592_000.0,
+        );
+        let ev = evaluate(&s, 3660.0, &rules(), "");
+        assert_eq!(ev.candidates.len(), 1);
+        let c = &ev.candidates[0];
+        assert_eq!(c.labels["key"], "batch");
+        assert_eq!(
+            c.annotations["summary"],
+            "router: API key batch expires within 7 days"
+        );
+        assert_eq!(
+            c.annotations["description"],
+            "API key batch of imagerouter account router expires in 2d 22h 59m 0s, on 1970-01-04 00:00:00 UTC. Rotate it before then."
+        );
+    }
+
+    #[test]
+    fn humanize_like_prometheus() {
+        assert_eq!(humanize(1080.0), "1.08k");
+        assert_eq!(humanize(432_000.0), "432k");
+        assert_eq!(humanize(75.0), "75");
+        assert_eq!(humanize(0.5), "500m");
+        assert_eq!(humanize(0.0), "0");
+        assert_eq!(duration(42_600.0), "11h 50m 0s");
+    }
+}
