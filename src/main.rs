@@ -156,6 +156,12 @@ async fn real_main(command: Command) -> anyhow::Result<ExitCode> {
             for s in &demo.servers {
                 println!("  simulator       {}", s.url());
             }
+            for (name, p) in demo.running.state.proxies() {
+                println!(
+                    "  proxy           http://{} ({name}: point OpenAI-compatible clients here)",
+                    p.addr
+                );
+            }
             println!("Open:");
             println!("  status page     {base}/");
             println!("  metrics         {base}/metrics");

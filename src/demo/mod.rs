@@ -2,6 +2,7 @@
 
 pub mod floow;
 pub mod fluximage;
+pub mod fluxrouter;
 pub mod imagerouter;
 pub mod openrouter;
 
@@ -96,8 +97,42 @@ pub struct Demo {
     pub imagerouter: Arc<imagerouter::Simulator>,
     pub floow: Arc<floow::Simulator>,
     pub openrouter: Arc<openrouter::Simulator>,
+    pub fluxrouter: Arc<fluxrouter::Simulator>,
+    /// Requests sent through the fluxrouter proxy so its spend moves.
+    pub traffic: fluxrouter::Traffic,
     pub servers: Vec<SimServer>,
 }
+
+/// The demo's fluxrouter account: a proxy in front of the simulator, with an allowance that
+/// runs out within minutes at the demo's traffic and two keys told apart by their hashes.
+fn fluxrouter_account(upstream: &str, anchor: NaiveDate) -> String {
+    let hash = |k: &str| {
+        crate::proxy::cost::key_hash(&axum::http::HeaderValue::from_str(k).expect("ASCII"))
+    };
+    format!(
+        r#"
+[[account]]
+name = "llm-router"
+provider = "fluxrouter"
+proxy_listen = "127.0.0.1:0"
+upstream = "{upstream}"
+billing_anchor = "{anchor}"
+included_usd = 5
+spend_ceiling_usd = 25
+[account.keys]
+{app} = "demo-app"
+{batch} = "demo-batch"
+"#,
+        app = hash(DEMO_ROUTER_KEYS[0]),
+        batch = hash(DEMO_ROUTER_KEYS[1]),
+    )
+}
+
+/// The API keys the demo traffic sends through the fluxrouter proxy.
+pub const DEMO_ROUTER_KEYS: [&str; 2] = ["demo-router-app", "demo-router-batch"];
+
+/// The demo's fluxrouter account name.
+pub const DEMO_ROUTER_ACCOUNT: &str = "llm-router";
 
 /// A billing anchor `days_ago` days before today, so the demo's resets are a known distance away.
 fn anchor_days_ago(clock: &dyn Clock, days_ago: i64) -> NaiveDate {
@@ -168,7 +203,10 @@ pub async fn start(listen: SocketAddr) -> Result<Demo, StartError> {
     );
     let openrouter_server = openrouter_sim.serve().await.map_err(bind)?;
 
-    let toml = format!(
+    let fluxrouter_sim = fluxrouter::Simulator::new();
+    let fluxrouter_server = fluxrouter_sim.serve().await.map_err(bind)?;
+
+    let mut toml = format!(
         r#"
 state_path = ":memory:"
 [defaults]
@@ -227,6 +265,7 @@ billing_anchor = "2026-01-01"
         floow = floow_server.url(),
         openrouter = openrouter_server.url(),
     );
+    toml.push_str(&fluxrouter_account(&fluxrouter_server.url(), anchor));
     // Demo keys come from this lookup, not the environment: nothing to set up.
     let env = |name: &str| match name {
         "DEMO_AGENCY" => Some("demo-agency".to_string()),
@@ -246,13 +285,31 @@ billing_anchor = "2026-01-01"
         },
     )
     .await?;
+    let proxy = running
+        .state
+        .proxy(DEMO_ROUTER_ACCOUNT)
+        .expect("the demo's fluxrouter proxy runs")
+        .addr;
+    let traffic = fluxrouter::generate(
+        proxy,
+        DEMO_ROUTER_KEYS.iter().map(|k| k.to_string()).collect(),
+        Duration::from_millis(500),
+    );
     Ok(Demo {
         running,
         fluximage: flux,
         imagerouter: router,
         floow: floow_sim,
         openrouter: openrouter_sim,
-        servers: vec![flux_server, router_server, floow_server, openrouter_server],
+        fluxrouter: fluxrouter_sim,
+        traffic,
+        servers: vec![
+            flux_server,
+            router_server,
+            floow_server,
+            openrouter_server,
+            fluxrouter_server,
+        ],
     })
 }
 

@@ -1253,3 +1253,65 @@ async fn once_explains_that_spend_needs_the_proxy() {
         "creditwatch_scrape_errors_total{provider=\"fluxrouter\",account=\"llm\",reason=\"connect\"} 1"
     ));
 }
+
+#[tokio::test]
+async fn the_demo_shows_spend_moving_through_its_proxy() {
+    let demo = creditwatch::demo::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let account = creditwatch::demo::DEMO_ROUTER_ACCOUNT;
+    let used = |s: &creditwatch::state::State| {
+        s.account(account)
+            .and_then(|a| a.snapshot)
+            .and_then(|snap| {
+                snap.pools
+                    .iter()
+                    .find(|p| p.reading.pool == "ceiling")
+                    .and_then(|p| p.reading.used)
+            })
+            .unwrap_or(0.0)
+    };
+    let state = demo.running.state.clone();
+    within("spend in the demo", state.wait_until(|s| used(s) > 0.0)).await;
+    let first = used(&state);
+    within("spend to move on", state.wait_until(|s| used(s) > first)).await;
+    // A streamed request (one in five) is counted as unpriced.
+    within(
+        "an unpriced stream",
+        state.wait_until(|s| {
+            s.proxy(account)
+                .is_some_and(|p| p.meter.counters().unpriced.values().sum::<u64>() > 0)
+        }),
+    )
+    .await;
+    let m = reqwest::get(format!("http://{}/metrics", demo.running.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for key in ["demo-app", "demo-batch"] {
+        assert!(
+            value(
+                &m,
+                "creditwatch_proxy_key_cost_usd_total",
+                &[&format!("key=\"{key}\"")]
+            )
+            .is_some_and(|v| v > 0.0),
+            "no spend for {key}:\n{m}"
+        );
+    }
+    // Never more than the simulator billed for the requests that carried a cost.
+    let booked = demo
+        .running
+        .state
+        .proxy(account)
+        .unwrap()
+        .meter
+        .lifetime_cost();
+    assert!(booked > rust_decimal::Decimal::ZERO);
+    assert!(booked <= demo.fluxrouter.billed().priced);
+    let servers = demo.servers;
+    demo.running.shutdown().await;
+    drop(servers);
+}
