@@ -112,13 +112,23 @@ async fn start(
 
 /// Starts Prometheus scraping `target` every second and evaluating `rule_files` every second.
 pub async fn prometheus(target: &str, rule_files: &[&Path]) -> Proc {
+    prometheus_scraping(&[target], rule_files).await
+}
+
+/// Starts Prometheus scraping every one of `targets` every second (one job, one `instance` each).
+pub async fn prometheus_scraping(targets: &[&str], rule_files: &[&Path]) -> Proc {
+    let target = targets
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let rules: Vec<String> = rule_files
         .iter()
         .map(|p| format!("  - {}\n", p.display()))
         .collect();
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\
-         scrape_configs:\n  - job_name: creditwatch\n    static_configs:\n      - targets: [\"{target}\"]\n",
+         scrape_configs:\n  - job_name: creditwatch\n    static_configs:\n      - targets: [{target}]\n",
         rules.concat()
     );
     start("prometheus", &[("prometheus.yml", config)], |dir, port| {

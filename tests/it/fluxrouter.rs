@@ -1315,3 +1315,121 @@ async fn the_demo_shows_spend_moving_through_its_proxy() {
     demo.running.shutdown().await;
     drop(servers);
 }
+
+/// The value of an instant query, by the given label, as `(label value, value)` pairs.
+async fn query(prom: &str, q: &str, by: &str) -> Vec<(String, f64)> {
+    let url = format!(
+        "{prom}/api/v1/query?query={}",
+        q.replace('%', "%25")
+            .replace(' ', "%20")
+            .replace('"', "%22")
+            .replace('{', "%7B")
+            .replace('}', "%7D")
+            .replace('+', "%2B")
+    );
+    let body = crate::external::get_json(&url).await;
+    let mut out: Vec<(String, f64)> = body["data"]["result"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r["metric"][by].as_str().unwrap_or("").to_string(),
+                        r["value"][1].as_str().unwrap().parse().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[tokio::test]
+async fn prometheus_adds_up_the_replicas() {
+    let (_up, server) = Upstream::start().await;
+    // Two replicas of the same account behind a load balancer, each with its own store.
+    let a = spawn(&config(&server.url(), ""), manual_clock()).await;
+    let b = spawn(&config(&server.url(), ""), manual_clock()).await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        chat(&client, &proxy(&a), "flux-lite", "0.25").await;
+    }
+    for _ in 0..4 {
+        chat(&client, &proxy(&b), "flux-pro", "0.5").await;
+    }
+    wait_used(&a, "ceiling", 0.75).await;
+    wait_used(&b, "ceiling", 2.0).await;
+
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/prometheus/fluxrouter-replicas.rules.yml");
+    let targets = [a.running.addr.to_string(), b.running.addr.to_string()];
+    let prom = crate::external::prometheus_scraping(
+        &[targets[0].as_str(), targets[1].as_str()],
+        &[rules.as_path()],
+    )
+    .await;
+    let url = prom.url.clone();
+    // Neither replica alone is past 90% of the 2.50 ceiling; together they are (2.75).
+    let used = crate::external::eventually(
+        Duration::from_secs(30),
+        || format!("both replicas summed in Prometheus:\n{}", prom.log()),
+        || async {
+            let v = query(&url, "account_pool:creditwatch_used_usd:sum", "pool").await;
+            (v.len() == 2 && v[0].1 == 2.75).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(
+        used,
+        [
+            ("ceiling".to_string(), 2.75),
+            ("included".to_string(), 2.75)
+        ]
+    );
+    assert_eq!(
+        query(&url, "account_pool:creditwatch_remaining_usd:sum", "pool").await,
+        [
+            ("ceiling".to_string(), -0.25),
+            ("included".to_string(), -1.75)
+        ]
+    );
+    assert_eq!(
+        query(
+            &url,
+            "sum by (model) (creditwatch_proxy_cost_usd_total)",
+            "model"
+        )
+        .await,
+        [
+            ("flux-lite".to_string(), 0.75),
+            ("flux-pro".to_string(), 2.0)
+        ]
+    );
+    let alerts = crate::external::eventually(
+        Duration::from_secs(30),
+        || "FluxRouterSpendNearLimit pending".to_string(),
+        || async {
+            let body = crate::external::get_json(&format!("{url}/api/v1/alerts")).await;
+            let mut pools: Vec<String> = body["data"]["alerts"]
+                .as_array()?
+                .iter()
+                .filter(|a| a["labels"]["alertname"] == "FluxRouterSpendNearLimit")
+                .map(|a| {
+                    format!(
+                        "{}/{}",
+                        a["labels"]["pool"].as_str().unwrap(),
+                        a["state"].as_str().unwrap()
+                    )
+                })
+                .collect();
+            pools.sort();
+            (pools.len() == 2).then_some(pools)
+        },
+    )
+    .await;
+    assert_eq!(alerts, ["ceiling/pending", "included/pending"]);
+    drop(prom);
+    a.stop().await;
+    b.stop().await;
+}
