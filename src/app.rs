@@ -174,7 +174,7 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
             None => None,
         };
         sup.ensure_proxy(account, listener)?;
-        sup.start_poller(account.clone(), true);
+        sup.start_poller(account.clone(), true, false);
     }
     sup.start_alerter();
     tracing::info!(
@@ -305,11 +305,18 @@ impl Supervisor {
         }
     }
 
-    fn start_poller(&mut self, account: AccountConfig, gate_readiness: bool) {
+    /// Starts an account's poller. `changed` keeps the state of an account whose config changed.
+    fn start_poller(&mut self, account: AccountConfig, gate_readiness: bool, changed: bool) {
         let account = Arc::new(account);
-        self.deps
-            .state
-            .add_account(&account.name, account.provider.name(), gate_readiness);
+        if changed {
+            self.deps
+                .state
+                .keep_or_add_account(&account.name, account.provider.name());
+        } else {
+            self.deps
+                .state
+                .add_account(&account.name, account.provider.name(), gate_readiness);
+        }
         self.deps.state.set_schedule(
             &account.name,
             account.interval,
@@ -526,10 +533,10 @@ impl Supervisor {
             }
             if self.pollers.contains_key(&account.name) {
                 self.stop_poller(&account.name);
-                self.start_poller(account.clone(), false);
+                self.start_poller(account.clone(), false, true);
                 changed += 1;
             } else {
-                self.start_poller(account.clone(), false);
+                self.start_poller(account.clone(), false, false);
                 added += 1;
             }
         }
@@ -553,24 +560,57 @@ impl Supervisor {
     }
 }
 
-/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// What a signal asks of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalRequest {
+    /// SIGTERM or SIGINT: drain and exit.
+    Stop,
+    /// SIGHUP: reload the config.
+    Reload,
+}
+
+/// The process's signal handlers. Registering installs them at once, so create this before
+/// [`start`]: a SIGTERM that arrives while the daemon is starting is then queued and shuts it down
+/// cleanly, instead of killing the process with the default action.
+pub struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers for SIGTERM, SIGINT and SIGHUP. Must run inside a tokio runtime.
+    pub fn register() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+                hup: signal(SignalKind::hangup())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// Waits for the next signal.
+    pub async fn recv(&mut self) -> SignalRequest {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => SignalRequest::Stop,
+                _ = self.int.recv() => SignalRequest::Stop,
+                _ = self.hup.recv() => SignalRequest::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            SignalRequest::Stop
+        }
     }
 }

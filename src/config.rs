@@ -61,6 +61,9 @@ pub struct AccountConfig {
     /// The window whose burn rate drives projections.
     pub forecast_window: Window,
     pub max_response_bytes: u64,
+    /// After a failure, the last good values are exported until the last success is this old;
+    /// `None` keeps them until the next success.
+    pub stale_after: Option<Duration>,
 }
 
 impl AccountConfig {
@@ -242,6 +245,7 @@ struct RawDefaults {
     burn_windows: Option<Vec<HumanDuration>>,
     forecast_window: Option<HumanDuration>,
     max_response_bytes: Option<u64>,
+    stale_after: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -258,6 +262,7 @@ struct RawAccount {
     burn_windows: Option<Vec<HumanDuration>>,
     forecast_window: Option<HumanDuration>,
     max_response_bytes: Option<u64>,
+    stale_after: Option<HumanDuration>,
 }
 
 /// A date written either as a TOML date (`2026-01-15`) or a string (`"2026-01-15"`).
@@ -613,6 +618,12 @@ impl Parser<'_> {
         if name.trim().is_empty() {
             self.at(Some(entry_span.clone()), "account name must not be empty");
         }
+        if name.chars().any(char::is_control) {
+            self.at(
+                Some(entry_span.clone()),
+                format!("account name {name:?} contains a control character"),
+            );
+        }
 
         let provider_name = common.provider.get_ref().as_str();
         let mut settings = match ProviderSettings::from_toml(provider_name, value.clone()) {
@@ -729,6 +740,24 @@ impl Parser<'_> {
             }
         }
 
+        let stale_after = common
+            .stale_after
+            .as_ref()
+            .or(defaults.stale_after.as_ref())
+            .map(|d| d.duration);
+        if let Some(s) = stale_after
+            && s < interval + timeout
+        {
+            self.account(
+                &name,
+                format!(
+                    "stale_after {} must be at least interval + timeout ({}): values would vanish between healthy polls",
+                    humantime::format_duration(s),
+                    humantime::format_duration(interval + timeout)
+                ),
+            );
+        }
+
         let base_url = match &common.base_url {
             None => None,
             Some(u) => match reqwest::Url::parse(u.get_ref()) {
@@ -783,6 +812,7 @@ impl Parser<'_> {
                 .max_response_bytes
                 .or(defaults.max_response_bytes)
                 .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+            stale_after,
         };
         for message in account.provider.validate(&account) {
             self.account(&name, message);
@@ -1095,6 +1125,21 @@ billing_anchor = "2026-01-15"
         );
         let e = errors(&OK.replace("2026-01-15", "2026-02-30"));
         assert!(e[0].contains("invalid date \"2026-02-30\""), "{e:?}");
+    }
+
+    #[test]
+    fn stale_after_must_outlast_a_healthy_poll() {
+        let c = parse_with_env(OK, &[("K", "v")]).unwrap();
+        assert_eq!(c.accounts[0].stale_after, None);
+        let src = format!("[defaults]\nstale_after = \"1h\"\n{OK}");
+        let c = parse_with_env(&src, &[("K", "v")]).unwrap();
+        assert_eq!(c.accounts[0].stale_after, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            errors(&format!("{OK}stale_after = \"5m\"\n")),
+            vec![
+                "test.toml: account \"images\": stale_after 5m must be at least interval + timeout (5m 15s): values would vanish between healthy polls"
+            ]
+        );
     }
 
     #[test]

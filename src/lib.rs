@@ -7,6 +7,8 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod forecast;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod metrics;
 pub mod once;

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use creditwatch::app::{self, ConfigSource, Options};
+use creditwatch::app::{self, ConfigSource, Options, SignalRequest, Signals};
 use creditwatch::clock::SystemClock;
 use creditwatch::config::{Config, parse_listen};
 use std::net::SocketAddr;
@@ -128,6 +128,7 @@ async fn real_main(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Run { config, listen } => {
+            let signals = Signals::register().context("cannot install signal handlers")?;
             let running = match app::start(
                 ConfigSource::File(config),
                 Options {
@@ -144,10 +145,11 @@ async fn real_main(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            serve_until_signal(running).await;
+            serve_until_signal(running, signals).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen } => {
+            let signals = Signals::register().context("cannot install signal handlers")?;
             let demo = creditwatch::demo::start(listen)
                 .await
                 .context("cannot start the demo")?;
@@ -168,7 +170,7 @@ async fn real_main(command: Command) -> anyhow::Result<ExitCode> {
             println!("  readiness       {base}/-/ready");
             println!("Press Ctrl-C to stop.");
             let servers = demo.servers;
-            serve_until_signal(demo.running).await;
+            serve_until_signal(demo.running, signals).await;
             drop(servers);
             Ok(ExitCode::SUCCESS)
         }
@@ -176,26 +178,11 @@ async fn real_main(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// Serves until SIGTERM/Ctrl-C, reloading on SIGHUP.
-async fn serve_until_signal(running: app::Running) {
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let stop = app::shutdown_signal();
-    tokio::pin!(stop);
+async fn serve_until_signal(running: app::Running, mut signals: Signals) {
     loop {
-        #[cfg(unix)]
-        let hup_recv = async {
-            match hup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hup_recv = std::future::pending::<()>();
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = hup_recv => {
+        match signals.recv().await {
+            SignalRequest::Stop => break,
+            SignalRequest::Reload => {
                 tracing::info!("SIGHUP received, reloading config");
                 if let Err(e) = running.reload().await {
                     tracing::error!("reload failed: {e}");

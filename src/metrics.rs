@@ -193,10 +193,11 @@ fn account_families(f: &mut Families, name: &str, a: &AccountState) {
             *n as f64,
         );
     }
-    let Some(snap) = &a.snapshot else { return };
+    // Kept when stale values are dropped: it is what tells how old they were.
     if let Some(t) = a.last_success {
         f.add("creditwatch_last_success_timestamp_seconds", &base, secs(t));
     }
+    let Some(snap) = &a.snapshot else { return };
     f.add(
         "creditwatch_account_info",
         &[

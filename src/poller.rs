@@ -25,24 +25,91 @@ pub struct PollerDeps {
     pub limit: Arc<Semaphore>,
 }
 
-/// Polls one account until cancelled: once at start, then every `interval`. A failed poll waits
-/// the interval too, or longer when the upstream asked for it with Retry-After.
+/// A failed poll is retried no sooner than this, whatever the backoff says.
+pub const RETRY_FLOOR: Duration = Duration::from_secs(1);
+/// The first retry after a failure comes after about `interval / BACKOFF_DIVISOR`; each further
+/// consecutive failure doubles it, up to the interval.
+pub const BACKOFF_DIVISOR: u32 = 16;
+/// A `Retry-After` further away than this (or than the interval, when that is longer) is read as
+/// this: a broken or hostile upstream cannot silence an account for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// How long to wait before the next poll of an account.
+///
+/// - After a success: the interval.
+/// - After `auth`: the interval. Retrying sooner cannot fix a rejected key, and hammering an auth
+///   endpoint can get a key locked.
+/// - After any other failure, the `n`-th in a row: exponential backoff with equal jitter,
+///   `b/2 + jitter·b/2` with `b = interval/16 · 2^(n-1)`, kept within [`RETRY_FLOOR`] and the
+///   interval. A transient fault is retried within seconds; a lasting one settles at the
+///   interval, so an account never polls more often than it would if it were healthy.
+/// - After a 429 with `Retry-After`: never sooner than the upstream asked (capped by
+///   [`MAX_RETRY_AFTER`] or the interval, whichever is longer), nor sooner than the backoff.
+///
+/// `jitter` is uniform in `[0, 1)`; it spreads retries of accounts that failed together.
+pub fn next_wait(
+    outcome: &Result<(), PollError>,
+    consecutive_failures: u32,
+    interval: Duration,
+    jitter: f64,
+) -> Duration {
+    let backoff = || {
+        let exp = consecutive_failures.saturating_sub(1).min(30);
+        let b = (interval / BACKOFF_DIVISOR).saturating_mul(1u32 << exp.min(20));
+        let b = b.min(interval);
+        let d = b.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+        d.max(RETRY_FLOOR).min(interval)
+    };
+    match outcome {
+        Ok(()) | Err(PollError::Auth { .. }) => interval,
+        Err(PollError::RateLimited {
+            retry_after: Some(d),
+            ..
+        }) => (*d).min(MAX_RETRY_AFTER.max(interval)).max(backoff()),
+        Err(_) => backoff(),
+    }
+}
+
+/// Polls one account until cancelled: once at start, then as [`next_wait`] says. With
+/// `stale_after` set, the last good values are dropped once the last success is that old.
 pub async fn run(account: Arc<AccountConfig>, deps: PollerDeps, cancel: CancellationToken) {
+    let mut failures: u32 = 0;
+    let mut last_success: Option<tokio::time::Instant> = None;
+    let mut expired = false;
     loop {
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
             r = poll_once(&account, &deps) => r,
         };
-        let wait = match &outcome {
-            Err(PollError::RateLimited {
-                retry_after: Some(d),
-                ..
-            }) => (*d).max(account.interval),
-            _ => account.interval,
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+        if outcome.is_ok() {
+            failures = 0;
+            last_success = Some(tokio::time::Instant::now());
+            expired = false;
+        } else {
+            failures = failures.saturating_add(1);
+        }
+        let wait = next_wait(&outcome, failures, account.interval, fastrand::f64());
+        let wake = tokio::time::Instant::now() + wait;
+        loop {
+            let stale_at = match (account.stale_after, last_success) {
+                (Some(s), Some(t)) if !expired => Some(t + s),
+                _ => None,
+            };
+            let stale = async {
+                match stale_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(wake) => break,
+                _ = stale => {
+                    expired = true;
+                    tracing::warn!(account = %account.name, "last successful poll is older than stale_after; its values are no longer exported");
+                    deps.state.expire(&account.name);
+                }
+            }
         }
     }
 }
@@ -62,7 +129,7 @@ pub async fn poll_once(account: &AccountConfig, deps: &PollerDeps) -> Result<(),
     };
     let result = match tokio::time::timeout(account.timeout, account.provider.poll(&ctx)).await {
         Ok(Err(PollError::Timeout(_))) | Err(_) => Err(PollError::Timeout(account.timeout)),
-        Ok(r) => r,
+        Ok(r) => r.and_then(Reading::checked),
     };
     let duration = started.elapsed().as_secs_f64();
     drop(permit);
@@ -202,4 +269,88 @@ pub fn ingest(
         endpoints: reading.endpoints,
     };
     (snapshot, write.err())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn http() -> Result<(), PollError> {
+        Err(PollError::Http {
+            status: 503,
+            detail: None,
+        })
+    }
+
+    fn limited(after: Option<Duration>) -> Result<(), PollError> {
+        Err(PollError::RateLimited {
+            retry_after: after,
+            detail: None,
+        })
+    }
+
+    #[test]
+    fn success_and_auth_wait_the_interval() {
+        assert_eq!(next_wait(&Ok(()), 0, S(300), 0.3), S(300));
+        let auth = Err(PollError::Auth {
+            status: 401,
+            detail: None,
+        });
+        assert_eq!(next_wait(&auth, 4, S(300), 0.3), S(300));
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_with_jitter_up_to_the_interval() {
+        // interval 5m: the first retry comes after 9.375s..18.75s, doubling per failure.
+        let ms = |n, j| next_wait(&http(), n, S(300), j).as_millis();
+        assert_eq!((ms(1, 0.0), ms(1, 1.0)), (9_375, 18_750));
+        assert_eq!((ms(2, 0.0), ms(2, 1.0)), (18_750, 37_500));
+        assert_eq!((ms(4, 0.0), ms(4, 0.5)), (75_000, 112_500));
+        assert_eq!((ms(5, 0.0), ms(5, 1.0)), (150_000, 300_000));
+        // Never later than the interval, however many failures.
+        assert_eq!((ms(6, 0.0), ms(6, 1.0)), (150_000, 300_000));
+        assert_eq!(ms(u32::MAX, 0.99), 298_500);
+        for n in 1..40 {
+            for j in [0.0, 0.25, 0.999] {
+                let d = next_wait(&http(), n, S(300), j);
+                assert!(d >= RETRY_FLOOR && d <= S(300), "{n} {j} {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn retries_never_come_faster_than_the_floor() {
+        assert_eq!(next_wait(&http(), 1, S(1), 0.0), S(1));
+        assert_eq!(next_wait(&http(), 1, S(10), 0.0), S(1));
+        assert_eq!(
+            next_wait(&http(), 3, S(10), 0.0),
+            Duration::from_millis(1250)
+        );
+    }
+
+    #[test]
+    fn retry_after_is_honoured_within_bounds() {
+        assert_eq!(next_wait(&limited(Some(S(120))), 1, S(60), 0.5), S(120));
+        // Shorter than the backoff: the backoff wins.
+        assert_eq!(
+            next_wait(&limited(Some(S(1))), 1, S(300), 0.0),
+            Duration::from_millis(9375)
+        );
+        // A date days away is read as an hour, or the interval when that is longer.
+        assert_eq!(
+            next_wait(&limited(Some(S(864_000))), 1, S(60), 0.5),
+            S(3600)
+        );
+        assert_eq!(
+            next_wait(&limited(Some(S(864_000))), 1, S(7200), 0.5),
+            S(7200)
+        );
+        // No Retry-After: plain backoff.
+        assert_eq!(
+            next_wait(&limited(None), 1, S(300), 0.0),
+            Duration::from_millis(9375)
+        );
+    }
 }

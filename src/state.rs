@@ -160,6 +160,21 @@ impl State {
         self.changed();
     }
 
+    /// Keeps an account's status, counters and last values across a change of its config (a
+    /// rotated key, a new interval), so its counters never reset; starts it afresh when it is new
+    /// or its provider changed.
+    pub fn keep_or_add_account(&self, name: &str, provider: &'static str) {
+        let mut accounts = self.accounts.write().unwrap();
+        match accounts.get(name) {
+            Some(a) if a.provider == provider => {}
+            _ => {
+                accounts.insert(name.to_string(), AccountState::new(provider));
+            }
+        }
+        drop(accounts);
+        self.changed();
+    }
+
     /// Records the account's poll interval and forecast window (shown by the status page).
     pub fn set_schedule(&self, name: &str, interval: Duration, forecast_window: Window) {
         if let Some(a) = self.accounts.write().unwrap().get_mut(name) {
@@ -197,6 +212,15 @@ impl State {
             a.last_error = Some(message);
         }
         self.pending_first.write().unwrap().remove(name);
+        self.changed();
+    }
+
+    /// Drops the account's last good values (`stale_after` passed): it keeps exporting `up`, the
+    /// error counters and the last success time, but no value that could be read as current.
+    pub fn expire(&self, name: &str) {
+        if let Some(a) = self.accounts.write().unwrap().get_mut(name) {
+            a.snapshot = None;
+        }
         self.changed();
     }
 

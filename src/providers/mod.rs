@@ -320,7 +320,7 @@ impl ProviderSettings {
 /// Checks a count read from a payload: finite, not negative and not absurdly large, so a hostile
 /// or broken upstream can never become a wrong number on a dashboard.
 pub fn checked_amount(field: &str, v: f64) -> Result<f64, PollError> {
-    const MAX: f64 = 1e15;
+    const MAX: f64 = MAX_AMOUNT;
     if !v.is_finite() {
         return Err(PollError::parse(format!(
             "field `{field}` is not a finite number"
@@ -382,17 +382,143 @@ pub fn decimal_to_f64(d: Decimal) -> f64 {
 }
 
 /// Deserializes a JSON body, naming the field in the error (`field \`x\`: invalid type ...`).
+///
+/// Deeply nested JSON cannot exhaust the stack: fields the target type does not use are skipped
+/// without recursion, and serde_json refuses more than 128 levels where it does recurse.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, PollError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            PollError::parse(format!("body is not valid JSON ({inner})"))
+            let at = if path == "." || path.contains('?') {
+                String::new()
+            } else {
+                format!(" at field `{path}`")
+            };
+            PollError::parse(format!("body is not valid JSON{at} ({inner})"))
         } else if path == "." {
             PollError::parse(inner.to_string())
         } else {
             PollError::parse(format!("field `{path}`: {inner}"))
         }
     })
+}
+
+/// Longest label value taken from an upstream (plan and key names); longer ones are cut.
+pub const MAX_LABEL_CHARS: usize = 128;
+/// Largest magnitude accepted for an amount: beyond this a number is a bug, not a balance.
+pub const MAX_AMOUNT: f64 = 1e15;
+
+/// A label value from an upstream: control characters become spaces, surrounding space is
+/// trimmed and the length is bounded, so a hostile upstream cannot bloat or garble `/metrics`.
+pub fn label_value(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    cleaned.trim().chars().take(MAX_LABEL_CHARS).collect()
+}
+
+impl Reading {
+    /// The core's own check of what a provider returned, whatever the provider: every amount is
+    /// a finite number within [`MAX_AMOUNT`], label values are cleaned by [`label_value`], and no
+    /// two pools share a `(pool, key)` (a repeat gets a `#2`, `#3` suffix on its key), so the
+    /// exposition stays valid.
+    pub fn checked(mut self) -> Result<Reading, PollError> {
+        self.plan = self.plan.as_deref().map(label_value);
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &mut self.pools {
+            for (field, v) in [
+                ("used", p.used),
+                ("remaining", p.remaining),
+                ("limit", p.limit),
+            ] {
+                if let Some(v) = v
+                    && !(v.is_finite() && v.abs() <= MAX_AMOUNT)
+                {
+                    return Err(PollError::parse(format!(
+                        "pool `{}`{}: {field} is not a plausible amount ({v:e})",
+                        p.pool,
+                        if p.key.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" key `{}`", label_value(&p.key))
+                        }
+                    )));
+                }
+            }
+            p.key = label_value(&p.key);
+            let base = p.key.clone();
+            let mut n = 1;
+            while !seen.insert((p.pool.clone(), p.key.clone())) {
+                n += 1;
+                p.key = format!("{base} #{n}");
+            }
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forecast::schedule::Schedule;
+
+    fn pool(key: &str, used: f64) -> PoolReading {
+        PoolReading {
+            pool: "balance".into(),
+            key: key.into(),
+            unit: Unit::Usd,
+            used: Some(used),
+            remaining: Some(1.0),
+            limit: None,
+            available: None,
+            schedule: Schedule::Never,
+            rule: ConsumptionRule::Used,
+        }
+    }
+
+    #[test]
+    fn checked_cleans_labels_and_refuses_implausible_amounts() {
+        let r = Reading {
+            plan: Some(format!(" pro\n{}", "x".repeat(500))),
+            pools: vec![pool("a\u{0}b", 1.0), pool("a b", 2.0), pool("a b", 3.0)],
+        }
+        .checked()
+        .unwrap();
+        assert_eq!(r.plan.as_ref().unwrap().chars().count(), MAX_LABEL_CHARS);
+        assert!(r.plan.unwrap().starts_with("pro xxx"));
+        let keys: Vec<&str> = r.pools.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["a b", "a b #2", "a b #3"]);
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e308, -2e15] {
+            let e = Reading {
+                plan: None,
+                pools: vec![pool("k", bad)],
+            }
+            .checked()
+            .unwrap_err();
+            assert_eq!(e.reason(), "parse");
+            assert!(
+                e.to_string().starts_with(
+                    "invalid response: pool `balance` key `k`: used is not a plausible amount"
+                ),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_at_the_recursion_limit_without_overflowing() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let e = parse_json::<serde_json::Value>(deep.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("recursion limit exceeded"), "{e}");
+        let e =
+            parse_json::<serde_json::Value>(format!("{{\"a\": {deep}}}").as_bytes()).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid response: body is not valid JSON at field `a"),
+            "{e}"
+        );
+    }
 }
