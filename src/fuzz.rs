@@ -1,4 +1,4 @@
-//! Property-based fuzzing of every parser that reads outside input: provider payloads, the config, Retry-After, and label escaping in the exposition.
+//! Property-based fuzzing of every parser that reads outside input: provider payloads, the config, the fluxrouter cost header, Retry-After, and label escaping in the exposition.
 //!
 //! Each target runs a bounded number of cases with `cargo test` (proptest's default of 256, or
 //! `PROPTEST_CASES`); run longer with e.g. `PROPTEST_CASES=100000 cargo test --lib fuzz`. The
@@ -6,13 +6,35 @@
 //! an error that names the field.
 
 use crate::config::Config;
-use crate::providers::{PollError, Reading, fluximage};
+use crate::providers::{PollError, Reading, floow, fluximage, http_json, imagerouter};
 use chrono::NaiveDate;
 use proptest::prelude::*;
 use std::path::Path;
 
 fn anchor() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 1, 15).unwrap()
+}
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339("2026-04-12T14:30:00Z")
+        .unwrap()
+        .to_utc()
+}
+
+/// An http_json account reading OpenRouter's key endpoint.
+fn openrouter_settings() -> http_json::Settings {
+    toml::from_str(
+        r#"
+url = "https://openrouter.ai/api/v1/key"
+unit = "usd"
+pool = "key_limit"
+remaining = "/data/limit_remaining"
+used = "/data/usage"
+limit = "/data/limit"
+reset = "monthly"
+"#,
+    )
+    .unwrap()
 }
 
 /// What a parse error may say: the field it is about, or that the body is not JSON at all.
@@ -138,6 +160,61 @@ proptest! {
     }
 
     #[test]
+    fn imagerouter_parse_survives_any_mutated_leaf(pick in any::<usize>(), leaf in hostile_leaf(), per_key in any::<bool>()) {
+        let body = mutate(IMAGEROUTER_DOC, pick, leaf.as_deref());
+        check_outcome(imagerouter::parse(body.as_bytes(), now(), per_key), &body)?;
+    }
+
+    #[test]
+    fn floow_parse_survives_any_mutated_leaf(pick in any::<usize>(), leaf in hostile_leaf(), allowance in proptest::option::of(0.0f64..1e6)) {
+        let body = mutate(FLOOW_DOC, pick, leaf.as_deref());
+        check_outcome(floow::parse(body.as_bytes(), now(), anchor(), allowance), &body)?;
+    }
+
+    #[test]
+    fn http_json_parse_survives_any_mutated_leaf(pick in any::<usize>(), leaf in hostile_leaf()) {
+        let body = mutate(OPENROUTER_DOC, pick, leaf.as_deref());
+        check_outcome(http_json::parse(body.as_bytes(), &openrouter_settings(), Some(anchor())), &body)?;
+    }
+
+    #[test]
+    fn provider_parsers_never_panic_on_arbitrary_bytes(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let _ = imagerouter::parse(&body, now(), true);
+        let _ = floow::parse(&body, now(), anchor(), None);
+        let _ = http_json::parse(&body, &openrouter_settings(), Some(anchor()));
+    }
+
+    #[test]
+    fn cost_header_is_exact_or_refused(
+        text in prop_oneof![
+            "[0-9]{1,12}(\\.[0-9]{1,12})?",
+            "\\PC{0,30}",
+            "[0-9eE.+ -]{0,20}",
+            Just("NaN".to_string()), Just("inf".to_string()), Just("1e3".to_string()),
+            Just("-0.5".to_string()), Just("0x10".to_string()), Just("1,5".to_string()),
+            Just("99999999999999999999999999999.1".to_string()),
+        ],
+    ) {
+        use rust_decimal::Decimal;
+        use std::str::FromStr;
+        let plain = {
+            let t = text.trim();
+            let (i, f) = t.split_once('.').map(|(i, f)| (i, Some(f))).unwrap_or((t, None));
+            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            digits(i) && f.is_none_or(digits)
+        };
+        match crate::proxy::cost::parse_cost(&text) {
+            Ok(d) => {
+                prop_assert!(plain, "accepted {text:?}");
+                // Exactly the written amount, not a rounding of it.
+                prop_assert_eq!(d, Decimal::from_str(text.trim()).unwrap().normalize());
+                prop_assert!(d >= Decimal::ZERO);
+            }
+            Err(e) => prop_assert!(!e.is_empty()),
+        }
+    }
+
+    #[test]
     fn config_parse_never_panics_on_arbitrary_text(src in "[\\[\\]a-z_=\"'.,{}#0-9 \\n\\t\\\\-]{0,300}") {
         let _ = Config::parse(&src, Path::new("f.toml"), Path::new("."), &|_| Some("k".into()));
     }
@@ -218,6 +295,86 @@ proptest! {
     }
 }
 
+/// Documented example bodies (from the provider references) that the mutation targets start from.
+const IMAGEROUTER_DOC: &str = r#"{"remaining_credits":"25.5000","credit_usage":"4.5000","total_deposits":"30.0000","usage_by_api_key":[{"api_key_id":"d9eb93dc-56b1-4216-91b5-a44944508bbc","api_key_name":"Production Key","credit_usage":"4.2000","total_requests":150,"created_at":"2023-10-01T12:00:00.000Z","is_active":true,"spend_limit":"5.0000","spend_limit_period":"month","period_spend":"1.2000","period_start":"2026-05-01T00:00:00.000Z","expires_at":"2027-01-01T00:00:00.000Z"},{"api_key_id":"temp_jwt","api_key_name":"Temporary web token (imagerouter.io)","credit_usage":"0.0300","total_requests":45,"created_at":null,"is_active":false,"spend_limit":null,"spend_limit_period":null,"period_spend":"0.0300","period_start":null,"expires_at":null}]}"#;
+const FLOOW_DOC: &str = r#"{"period":{"start":"2026-03-13T00:00:00.000Z","end":"2026-04-12T14:30:00.000Z","days":30},"key":{"id":"clxyz01abc","name":"Production Key","lastUsed":"2026-04-12T14:29:00.000Z"},"summary":{"totalCalls":47,"totalCredits":855,"byEndpoint":{"image_to_html":{"calls":20,"credits":600,"label":"Image → HTML"},"code_export":{"calls":18,"credits":270,"label":"Export Code"},"figma_export":{"calls":9,"credits":90,"label":"Figma Export"}}},"daily":[{"date":"2026-04-10","calls":5,"credits":90},{"date":"2026-04-11","calls":12,"credits":225},{"date":"2026-04-12","calls":8,"credits":150}]}"#;
+const OPENROUTER_DOC: &str = r#"{"data":{"label":"sk-or-v1-au7...890","limit":100,"limit_remaining":74.5,"limit_reset":"monthly","include_byok_in_limit":false,"usage":25.5,"usage_daily":25.5,"usage_weekly":25.5,"usage_monthly":25.5,"byok_usage":17.38,"is_free_tier":false,"expires_at":"2027-12-31T23:59:59Z"}}"#;
+
+/// Every leaf of a JSON document, as a JSON pointer.
+fn leaves(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                leaves(
+                    v,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                leaves(v, format!("{at}/{i}"), out);
+            }
+        }
+        _ => out.push(at),
+    }
+}
+
+/// `doc` with its `pick`-th leaf replaced by the raw JSON text `raw` (which may be invalid JSON,
+/// such as `NaN`), or removed when `raw` is `None`.
+fn mutate(doc: &str, pick: usize, raw: Option<&str>) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(doc).unwrap();
+    let mut all = Vec::new();
+    leaves(&v, String::new(), &mut all);
+    let ptr = &all[pick % all.len()];
+    const HOLE: &str = "\u{1}hole\u{1}";
+    match raw {
+        Some(_) => *v.pointer_mut(ptr).unwrap() = HOLE.into(),
+        None => {
+            let (parent, key) = ptr.rsplit_once('/').unwrap();
+            match v.pointer_mut(parent).unwrap() {
+                serde_json::Value::Object(m) => {
+                    m.remove(&key.replace("~1", "/").replace("~0", "~"));
+                }
+                serde_json::Value::Array(a) => {
+                    a.remove(key.parse::<usize>().unwrap());
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+    let text = v.to_string();
+    match raw {
+        Some(r) => text.replace(&serde_json::to_string(HOLE).unwrap(), r),
+        None => text,
+    }
+}
+
+/// A hostile replacement for a leaf, or `None` to remove it.
+fn hostile_leaf() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        hostile_value().prop_map(|(t, _)| Some(t)),
+        valid_json().prop_map(Some),
+        Just(None),
+    ]
+}
+
+/// The outcome every provider parser must have on a mutated document: no panic, and either a
+/// reading whose amounts pass the core's check or a short `parse` error.
+fn check_outcome(r: Result<Reading, PollError>, body: &str) -> Result<(), TestCaseError> {
+    match r.and_then(Reading::checked) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let m = e.to_string();
+            prop_assert_eq!(e.reason(), "parse", "{}", m);
+            // An error names the problem; it never echoes the hostile body back at length.
+            prop_assert!(m.len() < 600, "error of {} bytes for {}", m.len(), body);
+            Ok(())
+        }
+    }
+}
+
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
@@ -240,7 +397,9 @@ pub(crate) fn exposition_for(account: &str, plan: &str, key: &str) -> String {
             available: None,
             schedule: Schedule::Never,
             rule: ConsumptionRule::Used,
+            cumulative: None,
         }],
+        ..Default::default()
     }
     .checked()
     .unwrap();
@@ -252,6 +411,8 @@ pub(crate) fn exposition_for(account: &str, plan: &str, key: &str) -> String {
         Snapshot {
             at: chrono::Utc::now(),
             plan: reading.plan,
+            keys: reading.keys,
+            endpoints: reading.endpoints,
             pools: reading
                 .pools
                 .into_iter()

@@ -420,40 +420,100 @@ pub fn label_value(s: &str) -> String {
     cleaned.trim().chars().take(MAX_LABEL_CHARS).collect()
 }
 
+/// A plausible amount: finite and within [`MAX_AMOUNT`].
+fn plausible(v: f64) -> bool {
+    v.is_finite() && v.abs() <= MAX_AMOUNT
+}
+
+/// `v` made unique among `seen` by a ` #2`, ` #3`, ... suffix.
+fn unique(
+    seen: &mut std::collections::BTreeSet<(String, String)>,
+    scope: &str,
+    v: String,
+) -> String {
+    let mut out = v.clone();
+    let mut n = 1;
+    while !seen.insert((scope.to_string(), out.clone())) {
+        n += 1;
+        out = format!("{v} #{n}");
+    }
+    out
+}
+
 impl Reading {
     /// The core's own check of what a provider returned, whatever the provider: every amount is
     /// a finite number within [`MAX_AMOUNT`], label values are cleaned by [`label_value`], and no
-    /// two pools share a `(pool, key)` (a repeat gets a `#2`, `#3` suffix on its key), so the
-    /// exposition stays valid.
+    /// two series share their labels (a repeat gets a ` #2`, ` #3` suffix), so the exposition
+    /// stays valid whatever the upstream sent.
     pub fn checked(mut self) -> Result<Reading, PollError> {
+        let bad = |what: String, field: &str, v: f64| {
+            PollError::parse(format!("{what}: {field} is not a plausible amount ({v:e})"))
+        };
         self.plan = self.plan.as_deref().map(label_value);
         let mut seen = std::collections::BTreeSet::new();
         for p in &mut self.pools {
+            let what = if p.key.is_empty() {
+                format!("pool `{}`", label_value(&p.pool))
+            } else {
+                format!(
+                    "pool `{}` key `{}`",
+                    label_value(&p.pool),
+                    label_value(&p.key)
+                )
+            };
             for (field, v) in [
                 ("used", p.used),
                 ("remaining", p.remaining),
                 ("limit", p.limit),
+                ("cumulative", p.cumulative),
             ] {
                 if let Some(v) = v
-                    && !(v.is_finite() && v.abs() <= MAX_AMOUNT)
+                    && !plausible(v)
                 {
-                    return Err(PollError::parse(format!(
-                        "pool `{}`{}: {field} is not a plausible amount ({v:e})",
-                        p.pool,
-                        if p.key.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" key `{}`", label_value(&p.key))
-                        }
-                    )));
+                    return Err(bad(what, field, v));
                 }
             }
-            p.key = label_value(&p.key);
-            let base = p.key.clone();
-            let mut n = 1;
-            while !seen.insert((p.pool.clone(), p.key.clone())) {
-                n += 1;
-                p.key = format!("{base} #{n}");
+            p.pool = label_value(&p.pool);
+            p.key = unique(&mut seen, &p.pool, label_value(&p.key));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for k in &mut self.keys {
+            let what = format!("key `{}`", label_value(&k.key));
+            for (field, v) in [("requests", Some(k.requests)), ("spent", k.spent_usd)] {
+                if let Some(v) = v
+                    && !plausible(v)
+                {
+                    return Err(bad(what, field, v));
+                }
+            }
+            k.key = unique(&mut seen, "", label_value(&k.key));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for e in &mut self.endpoints {
+            let what = format!("endpoint `{}`", label_value(&e.endpoint));
+            for (field, v) in [("calls", e.calls), ("credits", e.credits)] {
+                if !plausible(v) {
+                    return Err(bad(what, field, v));
+                }
+            }
+            e.endpoint = label_value(&e.endpoint);
+            e.label = unique(&mut seen, &e.endpoint, label_value(&e.label));
+        }
+        for h in &self.history {
+            for s in &h.samples {
+                let what = format!("history of pool `{}`", label_value(&h.pool));
+                for (field, v) in [
+                    ("consumed", Some(s.consumed_after)),
+                    ("used", s.used),
+                    ("remaining", s.remaining),
+                    ("limit", s.limit),
+                ] {
+                    if let Some(v) = v
+                        && !plausible(v)
+                    {
+                        return Err(bad(what, field, v));
+                    }
+                }
             }
         }
         Ok(self)
@@ -476,6 +536,7 @@ mod tests {
             available: None,
             schedule: Schedule::Never,
             rule: ConsumptionRule::Used,
+            cumulative: None,
         }
     }
 
@@ -484,6 +545,7 @@ mod tests {
         let r = Reading {
             plan: Some(format!(" pro\n{}", "x".repeat(500))),
             pools: vec![pool("a\u{0}b", 1.0), pool("a b", 2.0), pool("a b", 3.0)],
+            ..Default::default()
         }
         .checked()
         .unwrap();
@@ -495,6 +557,7 @@ mod tests {
             let e = Reading {
                 plan: None,
                 pools: vec![pool("k", bad)],
+                ..Default::default()
             }
             .checked()
             .unwrap_err();
