@@ -59,6 +59,7 @@ timeout = "5s"
         state = dir.path().join("bench.db").display(),
     );
     let (config, _) = Config::parse(&toml, Path::new("<bench>"), Path::new("."), &|_| None)?;
+    let mut signals = app::Signals::register()?;
     let running = app::start(
         ConfigSource::Fixed(Box::new(config)),
         Options {
@@ -71,7 +72,7 @@ timeout = "5s"
     println!("UPSTREAM=http://{upstream}");
     println!("PROXY=http://{proxy}");
     println!("METRICS=http://{}/metrics", running.addr);
-    app::shutdown_signal().await;
+    while signals.recv().await != app::SignalRequest::Stop {}
     running.shutdown().await;
     Ok(())
 }
