@@ -67,6 +67,13 @@ pub struct AccountConfig {
 }
 
 impl AccountConfig {
+    /// Every secret the account holds: its key and any secret header values.
+    pub fn secrets(&self) -> Vec<&Secret> {
+        let mut v: Vec<&Secret> = self.key.iter().collect();
+        v.extend(self.provider.secrets());
+        v
+    }
+
     /// Every window whose burn rate is computed: the exported ones plus the forecast window.
     pub fn all_windows(&self) -> Vec<Window> {
         let mut w = self.burn_windows.clone();

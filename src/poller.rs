@@ -6,6 +6,7 @@ use crate::forecast::consumption::{Observation, consumed_between};
 use crate::forecast::{ForecastInput, forecast};
 use crate::http::HttpClient;
 use crate::providers::{PollContext, PollError, Reading};
+use crate::secret::Secret;
 use crate::state::{PoolState, Snapshot, State};
 use crate::store::{PoolId, SampleRow, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -135,7 +136,8 @@ pub async fn poll_once(account: &AccountConfig, deps: &PollerDeps) -> Result<(),
     drop(permit);
 
     match result {
-        Ok(reading) => {
+        Ok(mut reading) => {
+            reading.redact(&account.secrets());
             let store = deps.store.clone();
             let acc = account.clone();
             let (mut snapshot, store_error) =
@@ -153,9 +155,11 @@ pub async fn poll_once(account: &AccountConfig, deps: &PollerDeps) -> Result<(),
             Ok(())
         }
         Err(e) => {
-            tracing::warn!(account = %account.name, provider = account.provider.name(), reason = e.reason(), error = %e, "poll failed");
+            // The message may quote the upstream, which may echo the key it was sent.
+            let message = Secret::redact(&e.to_string(), &account.secrets());
+            tracing::warn!(account = %account.name, provider = account.provider.name(), reason = e.reason(), error = %message, "poll failed");
             deps.state
-                .record_failure(&account.name, duration, e.reason(), e.to_string());
+                .record_failure(&account.name, duration, e.reason(), message);
             Err(e)
         }
     }

@@ -22,6 +22,29 @@ impl Secret {
     }
 }
 
+/// Secrets (or parts of them) shorter than this are not scrubbed from text: a real key is
+/// longer, and scrubbing a short string would garble unrelated words.
+pub const MIN_REDACT_LEN: usize = 8;
+
+impl Secret {
+    /// `text` with every occurrence of any of `secrets` replaced by `***`: for messages that quote
+    /// an upstream, which may echo the key it was sent ("invalid key sk-..."). A secret with a
+    /// scheme (`Bearer sk-...`) is also scrubbed by its parts.
+    pub fn redact(text: &str, secrets: &[&Secret]) -> String {
+        let mut out = text.to_string();
+        for s in secrets {
+            let whole = s.expose();
+            let parts = std::iter::once(whole).chain(whole.split_whitespace());
+            for p in parts {
+                if p.len() >= MIN_REDACT_LEN && out.contains(p) {
+                    out = out.replace(p, "***");
+                }
+            }
+        }
+        out
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
@@ -45,5 +68,22 @@ mod tests {
         assert_eq!(format!("{s}"), "***");
         assert_eq!(format!("{:?}", Some(&s)), "Some(***)");
         assert_eq!(s.expose(), "flx_live_abc123");
+    }
+
+    #[test]
+    fn redact_scrubs_whole_secrets_and_their_parts() {
+        let key = Secret::new("flx_live_abc123");
+        let header = Secret::new("Bearer sk-or-v1-0123456789");
+        let short = Secret::new("k");
+        let all = [&key, &header, &short];
+        assert_eq!(
+            Secret::redact("invalid key flx_live_abc123 (flx_live_abc123)", &all),
+            "invalid key *** (***)"
+        );
+        assert_eq!(
+            Secret::redact("token sk-or-v1-0123456789 revoked", &all),
+            "token *** revoked"
+        );
+        assert_eq!(Secret::redact("keep this text", &all), "keep this text");
     }
 }

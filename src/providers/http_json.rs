@@ -175,6 +175,11 @@ impl Settings {
         problems
     }
 
+    /// The resolved header values, so messages can be scrubbed of them.
+    pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
+        self.resolved.iter().map(|(_, s)| s)
+    }
+
     pub fn validate(&self, account: &AccountConfig) -> Vec<String> {
         let mut v = Vec::new();
         match reqwest::Url::parse(&self.url) {

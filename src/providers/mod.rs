@@ -16,6 +16,7 @@ use crate::forecast::consumption::ConsumptionRule;
 use crate::forecast::schedule::Schedule;
 use crate::http::HttpClient;
 use crate::proxy::Meter;
+use crate::secret::Secret;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::path::Path;
@@ -297,6 +298,14 @@ impl ProviderSettings {
         }
     }
 
+    /// Secrets held in the provider's own settings (http_json header values).
+    pub fn secrets(&self) -> Vec<&Secret> {
+        match self {
+            ProviderSettings::HttpJson(s) => s.secrets().collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Polls the upstream once.
     pub async fn poll(&self, ctx: &PollContext<'_>) -> Result<Reading, PollError> {
         match self {
@@ -441,6 +450,25 @@ fn unique(
 }
 
 impl Reading {
+    /// Replaces any secret an upstream echoed into a label value (see [`Secret::redact`]).
+    pub fn redact(&mut self, secrets: &[&Secret]) {
+        if secrets.is_empty() {
+            return;
+        }
+        if let Some(p) = &mut self.plan {
+            *p = Secret::redact(p, secrets);
+        }
+        for p in &mut self.pools {
+            p.key = Secret::redact(&p.key, secrets);
+        }
+        for k in &mut self.keys {
+            k.key = Secret::redact(&k.key, secrets);
+        }
+        for e in &mut self.endpoints {
+            e.label = Secret::redact(&e.label, secrets);
+        }
+    }
+
     /// The core's own check of what a provider returned, whatever the provider: every amount is
     /// a finite number within [`MAX_AMOUNT`], label values are cleaned by [`label_value`], and no
     /// two series share their labels (a repeat gets a ` #2`, ` #3` suffix), so the exposition

@@ -18,6 +18,7 @@ mod imagerouter;
 mod prometheus;
 mod reload;
 mod rules;
+mod secrets;
 mod status_page;
 mod support;
 mod upstream;

@@ -84,6 +84,15 @@ impl Drop for Daemon {
 impl Daemon {
     /// Starts `creditwatch run -c config` with `RUST_LOG=log_level`, stderr to `log`.
     pub fn start(config: &Path, log_level: &str) -> Daemon {
+        Daemon::start_with_env(config, log_level, &Default::default())
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(
+        config: &Path,
+        log_level: &str,
+        env: &std::collections::HashMap<&str, &str>,
+    ) -> Daemon {
         let text = std::fs::read_to_string(config).unwrap();
         let port = text
             .lines()
@@ -93,6 +102,7 @@ impl Daemon {
         let log = config.with_extension("log");
         let child = Command::new(env!("CARGO_BIN_EXE_creditwatch"))
             .env("RUST_LOG", log_level)
+            .envs(env)
             .args(["run", "-c"])
             .arg(config)
             .stdout(Stdio::null())

@@ -44,6 +44,8 @@ pub enum Reply {
     Endless,
     /// 200 with this body.
     Body(String),
+    /// This status with this JSON body.
+    Error(u16, String),
 }
 
 /// The documented `/api/usage` payload with the given `compressor_used`.
@@ -104,6 +106,8 @@ impl Upstream {
         };
         let app = Router::new()
             .route("/{account}/api/usage", get(usage))
+            // Other providers' paths under the account's prefix get the same script.
+            .route("/{account}/{*rest}", get(other))
             .with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -179,6 +183,14 @@ impl Upstream {
             notified.await;
         }
     }
+}
+
+async fn other(
+    state: State<Shared>,
+    Path((account, _)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    usage(state, Path(account), headers).await
 }
 
 async fn usage(
@@ -287,6 +299,12 @@ async fn usage(
             Response::new(Body::from_stream(stream))
         }
         Reply::Body(b) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
+        Reply::Error(code, b) => (
+            StatusCode::from_u16(code).unwrap(),
+            [(header::CONTENT_TYPE, "application/json")],
+            b,
+        )
+            .into_response(),
     }
 }
 
