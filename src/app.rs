@@ -11,11 +11,12 @@ use crate::proxy::{Meter, ProxyServer};
 use crate::server::{self, ReloadRequest, Web};
 use crate::state::{ProxyInfo, State};
 use crate::store::{self, Store, StoreError};
+use crate::web::{Auth, CertResolver, TlsListener};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -44,6 +45,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(crate::web::TlsLoadError),
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
     #[error("account {account:?}: {source}")]
@@ -148,7 +151,12 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
         clock: opts.clock.clone(),
         enable_reload: config.reload_enabled(addr).into(),
         reload: reload_tx.clone(),
+        auth: Arc::new(RwLock::new(Arc::new(Auth::new(&config.web)))),
     });
+    let tls = match &config.web.tls {
+        Some(files) => Some(CertResolver::new(files).map_err(StartError::Tls)?),
+        None => None,
+    };
     let deps = PollerDeps {
         http: HttpClient::new()?,
         store: store.clone(),
@@ -167,6 +175,7 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
         pollers: HashMap::new(),
         proxies: HashMap::new(),
         alerter: None,
+        tls: tls.clone(),
     };
     for account in &config.accounts {
         let listener = match sup.needs_listener(account) {
@@ -188,14 +197,32 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
 
     let router = server::router(web);
     let server_cancel = cancel.clone();
-    let server = tokio::spawn(async move {
-        let r = axum::serve(listener, router)
-            .with_graceful_shutdown(server_cancel.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "HTTP server failed");
+    let server = match tls {
+        None => tokio::spawn(async move {
+            let r = axum::serve(listener, router)
+                .with_graceful_shutdown(server_cancel.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }),
+        Some(resolver) => {
+            let listener = TlsListener::new(
+                listener,
+                crate::web::server_config(resolver),
+                server_cancel.clone(),
+            )
+            .map_err(|source| StartError::Bind { addr, source })?;
+            tokio::spawn(async move {
+                let r = axum::serve(listener, router)
+                    .with_graceful_shutdown(server_cancel.cancelled_owned())
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "HTTPS server failed");
+                }
+            })
         }
-    });
+    };
 
     Ok(Running {
         addr,
@@ -238,6 +265,8 @@ struct Supervisor {
     pollers: HashMap<String, PollerHandle>,
     proxies: HashMap<String, RunningProxy>,
     alerter: Option<Alerter>,
+    /// The HTTPS listener's certificate source, when `[web]` has TLS.
+    tls: Option<Arc<CertResolver>>,
 }
 
 impl Supervisor {
@@ -506,6 +535,14 @@ impl Supervisor {
         self.web
             .enable_reload
             .store(new.reload_enabled(self.addr), Ordering::Relaxed);
+        if new.web != self.config.web {
+            *self.web.auth.write().unwrap() = Arc::new(Auth::new(&new.web));
+        }
+        match (&self.tls, &new.web.tls) {
+            (Some(resolver), Some(files)) => resolver.set_files(files),
+            (None, None) => {}
+            _ => tracing::warn!("turning TLS on or off takes effect on restart"),
+        }
 
         let (mut added, mut changed, mut removed) = (0, 0, 0);
         let wanted: HashMap<&str, &AccountConfig> =

@@ -43,6 +43,8 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
     /// The built-in alerter (`[alerting]`); `None` leaves alerting to Prometheus.
     pub alerting: Option<AlertingConfig>,
+    /// TLS and authentication of the web endpoints (`[web]`); off by default.
+    pub web: crate::web::WebConfig,
 }
 
 /// One `[[account]]`, with `[defaults]` applied and its secret resolved.
@@ -170,10 +172,10 @@ pub fn process_env(name: &str) -> Option<String> {
 
 impl Config {
     /// Whether `POST /-/reload` is served when listening on `listen`: as configured, else on
-    /// for loopback addresses only.
+    /// for loopback addresses and when the web endpoints require credentials.
     pub fn reload_enabled(&self, listen: SocketAddr) -> bool {
         self.enable_reload
-            .unwrap_or_else(|| listen.ip().is_loopback())
+            .unwrap_or_else(|| listen.ip().is_loopback() || self.web.requires_auth())
     }
 
     /// How long samples are kept: as configured, else twice the longest burn window and at least
@@ -504,6 +506,11 @@ impl Parser<'_> {
             .find(|k| k.get_ref() == "alerting")
             .cloned()
             .map(|k| (k.span(), root.remove(&k).expect("key present")));
+        let web_value = root
+            .keys()
+            .find(|k| k.get_ref() == "web")
+            .cloned()
+            .map(|k| (k.span(), root.remove(&k).expect("key present")));
         let rest = Spanned::new(root_span, DeValue::Table(root));
         let (top, ignored) = deserialize_tracking::<RawTop>(rest.clone());
         for segs in ignored {
@@ -581,6 +588,10 @@ impl Parser<'_> {
             crate::alerting::config::parse(self, span, value, base_dir, env)
         });
 
+        let web = web_value
+            .map(|(span, value)| crate::web::parse(self, span, value, base_dir))
+            .unwrap_or_default();
+
         let enable_reload = top.enable_reload;
         Some(Config {
             path: path.to_path_buf(),
@@ -594,6 +605,7 @@ impl Parser<'_> {
             retention: top.retention.as_ref().map(|d| d.duration),
             accounts,
             alerting,
+            web,
         })
     }
 

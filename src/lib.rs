@@ -21,3 +21,4 @@ pub mod server;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod web;

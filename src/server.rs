@@ -5,12 +5,14 @@ use crate::metrics::Exporter;
 use crate::state::State;
 use crate::status;
 use crate::store::Store;
+use crate::web::Auth;
 use axum::Router;
 use axum::extract::State as Extract;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
 use tower_http::compression::CompressionLayer;
@@ -27,6 +29,8 @@ pub struct Web {
     pub clock: Arc<dyn Clock>,
     pub enable_reload: AtomicBool,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// The credentials requests must carry (`[web]`), swapped on reload.
+    pub auth: Arc<RwLock<Arc<Auth>>>,
 }
 
 /// The router, built from shared state so tests can drive it with `oneshot`.
@@ -42,6 +46,10 @@ pub fn router(web: Arc<Web>) -> Router {
             get(|| async { Html(crate::runbook::html_page()) }),
         )
         .layer(CompressionLayer::new().gzip(true))
+        .layer(axum::middleware::from_fn_with_state(
+            web.auth.clone(),
+            crate::web::require_auth,
+        ))
         .with_state(web)
 }
 
@@ -53,6 +61,13 @@ async fn metrics(Extract(web): Extract<Arc<Web>>) -> Response {
 async fn ready(Extract(web): Extract<Arc<Web>>) -> Response {
     if web.state.is_ready() {
         (StatusCode::OK, "Ready\n").into_response()
+    } else if web.auth.read().unwrap().required() {
+        // Served without credentials: it names no accounts then.
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not ready: waiting for the first poll of every account\n",
+        )
+            .into_response()
     } else {
         let pending = web.state.pending();
         (

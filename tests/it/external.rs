@@ -65,10 +65,33 @@ async fn start(
     files: &[(&str, String)],
     args: impl Fn(&Path, u16) -> Vec<String>,
 ) -> Proc {
+    start_files(program, files, false, args).await
+}
+
+/// Like [`start`], replacing `{dir}` in the files with the directory they are written to.
+async fn start_in(
+    program: &str,
+    files: &[(&str, String)],
+    args: impl Fn(&Path, u16) -> Vec<String>,
+) -> Proc {
+    start_files(program, files, true, args).await
+}
+
+async fn start_files(
+    program: &str,
+    files: &[(&str, String)],
+    expand_dir: bool,
+    args: impl Fn(&Path, u16) -> Vec<String>,
+) -> Proc {
     let bin = tool(program);
     for _attempt in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         for (name, text) in files {
+            let text = if expand_dir {
+                text.replace("{dir}", &dir.path().display().to_string())
+            } else {
+                text.clone()
+            };
             std::fs::write(dir.path().join(name), text).unwrap();
         }
         let port = free_port();
@@ -132,6 +155,22 @@ pub async fn prometheus_scraping(targets: &[&str], rule_files: &[&Path]) -> Proc
         rules.concat()
     );
     start("prometheus", &[("prometheus.yml", config)], |dir, port| {
+        vec![
+            format!("--config.file={}", dir.join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--log.level=warn".into(),
+        ]
+    })
+    .await
+}
+
+/// Starts Prometheus with its own `prometheus.yml` and extra files beside it; `{dir}` in any
+/// of them is replaced by that directory.
+pub async fn prometheus_with(config: &str, files: &[(&str, String)]) -> Proc {
+    let mut all = vec![("prometheus.yml", config.to_string())];
+    all.extend(files.iter().cloned());
+    start_in("prometheus", &all, |dir, port| {
         vec![
             format!("--config.file={}", dir.join("prometheus.yml").display()),
             format!("--storage.tsdb.path={}", dir.join("data").display()),

@@ -22,3 +22,4 @@ mod secrets;
 mod status_page;
 mod support;
 mod upstream;
+mod web;
