@@ -7,7 +7,7 @@ use crate::status;
 use crate::store::Store;
 use crate::web::Auth;
 use axum::Router;
-use axum::extract::State as Extract;
+use axum::extract::{Query, State as Extract};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -108,8 +108,20 @@ async fn reload(Extract(web): Extract<Arc<Web>>) -> Response {
 /// The status page's Content-Security-Policy: inline styles only.
 pub const STATUS_PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-async fn landing(Extract(web): Extract<Arc<Web>>) -> Response {
+/// Query parameters of the status page.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct PageQuery {
+    /// Reload every this many seconds instead of every poll interval; 0 turns reloading off.
+    refresh: Option<u64>,
+}
+
+async fn landing(Extract(web): Extract<Arc<Web>>, Query(query): Query<PageQuery>) -> Response {
     let accounts = web.state.accounts();
+    let refresh = match query.refresh {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => Some(status::refresh_seconds(&accounts)),
+    };
     let now = web.clock.now();
     let store = web.store.clone();
     // History reads are blocking SQLite queries; the page is cheap enough to build on the
@@ -119,7 +131,7 @@ async fn landing(Extract(web): Extract<Arc<Web>>) -> Response {
             tracing::warn!(error = %e, "status page: cannot read chart history");
             Default::default()
         });
-        status::render(&accounts, &histories, now, crate::metrics::VERSION)
+        status::render(&accounts, &histories, now, refresh, crate::metrics::VERSION)
     })
     .await;
     match page {

@@ -129,11 +129,12 @@ impl Card<'_> {
     }
 }
 
-/// Renders the whole page.
+/// Renders the whole page; it reloads itself every `refresh` seconds, or never with `None`.
 pub fn render(
     accounts: &BTreeMap<String, AccountState>,
     histories: &Histories,
     now: DateTime<Utc>,
+    refresh: Option<u64>,
     version: &str,
 ) -> String {
     let mut cards = Vec::new();
@@ -179,7 +180,13 @@ pub fn render(
     for c in &cards {
         card(&mut body, c, now);
     }
-    let refresh = refresh_seconds(accounts);
+    let (refresh_meta, refresh_note) = match refresh {
+        Some(n) => (
+            format!("<meta http-equiv=\"refresh\" content=\"{n}\">\n"),
+            format!("refreshes every {n}s"),
+        ),
+        None => (String::new(), "auto-refresh off".to_string()),
+    };
     let down = accounts
         .values()
         .filter(|a| a.attempts > 0 && !a.up)
@@ -188,12 +195,11 @@ pub fn render(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="refresh" content="{refresh}">
-<title>creditwatch status</title>
+{refresh_meta}<title>creditwatch status</title>
 <style>{STYLE}</style>
 </head><body>
 <header><h1>creditwatch</h1>
-<p class="summary">{pools} pool(s) in {accts} account(s){down_note} · as of {now} · refreshes every {refresh}s</p>
+<p class="summary">{pools} pool(s) in {accts} account(s){down_note} · as of {now} · {refresh_note}</p>
 <nav><a href="/metrics">metrics</a> <a href="/-/healthy">healthy</a> <a href="/-/ready">ready</a> <a href="/runbook">runbook</a></nav>
 </header>
 <main>

@@ -96,12 +96,17 @@ async fn status_page_in_headless_chromium() {
     let now = fixed_now() + chrono::Duration::seconds(1500);
     assert_eq!(clock.now(), now);
 
-    let url = app.url("/");
-    let r = reqwest::get(&url).await.unwrap();
+    let r = reqwest::get(app.url("/")).await.unwrap();
     assert_eq!(
         r.headers()["content-security-policy"],
         "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     );
+    // It reloads itself at the shortest poll interval (1s here), no faster than every 5s.
+    let served = r.text().await.unwrap();
+    assert!(served.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
+    assert!(served.contains("refreshes every 5s"));
+    // The browser gets a page that holds still, so a reload never swaps the DOM mid-check.
+    let url = app.url("/?refresh=0");
 
     let browser = Browser::start(false, 1280, 1200).await;
     // The profile really runs no scripts: this page would retitle itself if it could.
@@ -204,7 +209,11 @@ async fn status_page_in_headless_chromium() {
         // `//` appears only in URLs (there are none); check for it outside of the SVG text.
         assert!(hits.is_empty(), "{banned} found in the page: {hits:?}");
     }
-    assert!(dom.contains(r#"<meta http-equiv="refresh" content="5">"#));
+    assert!(
+        !dom.contains("http-equiv"),
+        "?refresh=0 turns reloading off"
+    );
+    assert!(dom.contains("auto-refresh off"));
 
     // The down account is listed, without cards.
     assert!(dom.contains("<tr data-account=\"delta-down\">"));
