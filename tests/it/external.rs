@@ -92,7 +92,9 @@ async fn start_files(
             } else {
                 text.clone()
             };
-            std::fs::write(dir.path().join(name), text).unwrap();
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
         }
         let port = free_port();
         let log = dir.path().join("log.txt");

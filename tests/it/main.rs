@@ -12,6 +12,7 @@ mod floow;
 mod fluximage;
 mod fluxrouter;
 mod forecast;
+mod grafana;
 mod hostile;
 mod http_json;
 mod imagerouter;
