@@ -105,14 +105,26 @@ impl Running {
     }
 }
 
-/// Opens the store named by the config (`:memory:` keeps it in memory).
-pub fn open_store(config: &Config) -> Result<Store, StoreError> {
+/// Opens the store named by the config (`:memory:` keeps it in memory). A corrupt or locked
+/// file is moved aside, loudly, and the daemon starts with an empty store.
+pub fn open_store(
+    config: &Config,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Store, StoreError> {
     let path = store::resolve_path(&config.state_path, &config.path);
     if path.as_os_str() == ":memory:" {
-        Ok(Store::in_memory())
-    } else {
-        Store::open(&path)
+        return Ok(Store::in_memory());
     }
+    let (store, moved) = Store::open_or_recover(&path, now.timestamp())?;
+    if let Some(m) = moved {
+        tracing::error!(
+            store = %path.display(),
+            moved_to = %m.to.display(),
+            reason = %m.reason,
+            "STATE STORE UNUSABLE: moved aside and started with an empty store; history and consumed totals start again (the old file is kept for inspection)"
+        );
+    }
+    Ok(store)
 }
 
 /// Starts the daemon: store, pollers and HTTP server. Returns once the server is listening.
@@ -127,7 +139,7 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
         }
         ConfigSource::Fixed(c) => (**c).clone(),
     };
-    let store = open_store(&config)?;
+    let store = open_store(&config, opts.clock.now())?;
     let state = State::new();
     state.set_reload(true, opts.clock.now());
     let listen = opts.listen.unwrap_or(config.listen);

@@ -121,6 +121,35 @@ pub enum StoreError {
     Corrupt { path: String, detail: String },
 }
 
+impl StoreError {
+    /// `Some("corrupt" | "locked")` when the file itself is unusable and moving it aside lets
+    /// the daemon start: not a database, damaged, or locked by another process.
+    fn unusable_file(&self) -> Option<&'static str> {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StoreError::Corrupt { .. } => Some("corrupt"),
+            StoreError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(f, _),
+                ..
+            } => match f.code {
+                C::NotADatabase | C::DatabaseCorrupt => Some("corrupt"),
+                C::DatabaseBusy | C::DatabaseLocked => Some("locked"),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// A store file that could not be used and was renamed so the daemon could start afresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedAside {
+    /// Why it could not be used.
+    pub reason: String,
+    /// Where it is now.
+    pub to: PathBuf,
+}
+
 /// A pool within an account: its name and, for per-key pools, the key name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PoolId {
@@ -238,6 +267,76 @@ impl Store {
         Store::init(conn, shown)
     }
 
+    /// Opens the store at `path` like [`Store::open`], and also proves it usable: its pages pass
+    /// SQLite's `quick_check` and a write transaction can be taken. A file that is not a
+    /// database, is corrupt, or is locked by another process is moved aside (with its `-wal`
+    /// and `-shm`, to `<path>.corrupt-<unix time>` or `<path>.locked-<unix time>`) and a fresh
+    /// store is created in its place, so a bad file never makes the daemon crash-loop. A store
+    /// from a newer build, or one that cannot be opened at all (permissions, a missing
+    /// directory), is an error: moving it would not help, or would destroy good data.
+    pub fn open_or_recover(
+        path: &Path,
+        now_unix: i64,
+    ) -> Result<(Store, Option<MovedAside>), StoreError> {
+        let err = match Store::open_checked(path) {
+            Ok(s) => return Ok((s, None)),
+            Err(e) => e,
+        };
+        let Some(kind) = err.unusable_file() else {
+            return Err(err);
+        };
+        let mut to = path.as_os_str().to_owned();
+        to.push(format!(".{kind}-{now_unix}"));
+        let to = PathBuf::from(to);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut from = path.as_os_str().to_owned();
+            from.push(suffix);
+            let mut dest = to.as_os_str().to_owned();
+            dest.push(suffix);
+            match std::fs::rename(&from, &dest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
+                Err(e) => {
+                    return Err(StoreError::Corrupt {
+                        path: path.display().to_string(),
+                        detail: format!(
+                            "{err}; and it cannot be moved aside to {}: {e}",
+                            PathBuf::from(dest).display()
+                        ),
+                    });
+                }
+            }
+        }
+        let store = Store::open_checked(path)?;
+        Ok((
+            store,
+            Some(MovedAside {
+                reason: err.to_string(),
+                to,
+            }),
+        ))
+    }
+
+    fn open_checked(path: &Path) -> Result<Store, StoreError> {
+        let store = Store::open(path)?;
+        {
+            let conn = store.conn();
+            let check: String = conn
+                .query_row("PRAGMA quick_check", [], |r| r.get(0))
+                .map_err(|e| store.err(e))?;
+            if check != "ok" {
+                return Err(StoreError::Corrupt {
+                    path: store.path.clone(),
+                    detail: format!("integrity check failed: {check}"),
+                });
+            }
+            // A lock held by another process shows only when writing.
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+                .map_err(|e| store.err(e))?;
+        }
+        Ok(store)
+    }
+
     /// A store that lives in memory only (for `creditwatch once` and tests).
     pub fn in_memory() -> Store {
         let conn = Connection::open_in_memory().expect("in-memory SQLite opens");
@@ -249,13 +348,15 @@ impl Store {
             path: path.clone(),
             source,
         };
+        // First, so that a lock held for a moment by another process is waited for rather than
+        // taken for a locked store.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
         // WAL keeps readers and the writer out of each other's way; NORMAL sync is durable
         // against a killed process (the WAL is on disk), which is the failure that matters here.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -1031,6 +1132,60 @@ mod tests {
         assert_eq!(t[&k].cost.to_string(), "0.3");
         assert_eq!((t[&k].requests, t[&k].unpriced), (3, 1));
         assert!(s.proxy_totals("b").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let garbage = "this is not a database, it is a shopping list\n".repeat(200);
+        std::fs::write(&path, &garbage).unwrap();
+        let (s, moved) = Store::open_or_recover(&path, 1_790_000_000).unwrap();
+        let moved = moved.expect("moved aside");
+        assert_eq!(moved.to, dir.path().join("s.db.corrupt-1790000000"));
+        assert!(
+            moved.reason.contains("file is not a database"),
+            "{}",
+            moved.reason
+        );
+        assert_eq!(std::fs::read_to_string(&moved.to).unwrap(), garbage);
+        s.record("a", &[row(1000, 1.0)]).unwrap();
+        assert_eq!(s.total_samples().unwrap(), 1);
+        drop(s);
+        let (_, moved) = Store::open_or_recover(&path, 1_790_000_001).unwrap();
+        assert_eq!(moved, None, "a good store is left alone");
+    }
+
+    #[test]
+    fn damaged_pages_are_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let s = Store::open(&path).unwrap();
+            for i in 0..2000 {
+                s.record("a", &[row(i * 1000, i as f64)]).unwrap();
+            }
+            s.conn()
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .unwrap();
+        }
+        // Overwrite pages in the middle of the file, leaving the header intact.
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 40_000, "{}", bytes.len());
+        for b in &mut bytes[8192..40_000] {
+            *b = 0x5a;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let (s, moved) = Store::open_or_recover(&path, 7).unwrap();
+        let moved = moved.expect("moved aside");
+        assert_eq!(moved.to, dir.path().join("s.db.corrupt-7"));
+        assert_eq!(s.total_samples().unwrap(), 0);
+    }
+
+    #[test]
+    fn an_unopenable_path_is_an_error_not_a_move() {
+        let e = Store::open_or_recover(Path::new("/nonexistent/dir/s.db"), 1).unwrap_err();
+        assert!(e.to_string().contains("unable to open"), "{e}");
     }
 
     #[test]

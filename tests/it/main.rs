@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod demo;
 mod deploy;
+mod durability;
 mod external;
 mod faults;
 mod floow;
