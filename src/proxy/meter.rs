@@ -140,6 +140,14 @@ impl Meter {
     }
 
     fn send(&self, msg: Msg) {
+        // Memory first, and here rather than on the writer thread: a scrape that follows a
+        // response always counts its request, whatever the store is doing.
+        if let Msg::Record(m, _) = &msg {
+            self.totals()
+                .entry(m.key.clone())
+                .or_default()
+                .add(&m.delta());
+        }
         // The writer only exits once every sender is gone, so this cannot fail while `self` lives.
         let _ = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(msg);
     }
@@ -264,13 +272,7 @@ fn writer(shared: Arc<Shared>, rx: mpsc::Receiver<Msg>) {
                 break;
             }
         }
-        // Memory first: it is what was served, whatever the store says.
-        {
-            let mut totals = shared.totals.lock().unwrap_or_else(|p| p.into_inner());
-            for (k, d) in &fresh {
-                totals.entry(k.clone()).or_default().add(d);
-            }
-        }
+        // The in-memory totals were updated by `Meter::send`; only the store is behind.
         for (k, d) in fresh {
             pending.entry(k).or_default().add(&d);
         }

@@ -1135,23 +1135,19 @@ fn kill_9_loses_no_served_cost_and_never_keeps_the_key() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }));
-    // SIGKILL while requests are in flight.
+    // SIGKILL while requests are in flight. A response written just before the kill may still be
+    // read from the socket afterwards; it counts as served, and its cost must have been booked.
     let killed = std::process::Command::new("kill")
         .args(["-9", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     child.wait().unwrap();
-    let served_before_kill = served.load(Ordering::SeqCst);
     stop.store(true, Ordering::Relaxed);
     for l in loops {
         rt.block_on(l).unwrap();
     }
     let served = served.load(Ordering::SeqCst);
-    assert_eq!(
-        served, served_before_kill,
-        "nothing is served by a dead process"
-    );
 
     let mut child = start("second.log");
     rt.block_on(wait_http_ok(&format!("http://127.0.0.1:{listen}/-/ready")));

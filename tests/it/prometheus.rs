@@ -120,14 +120,15 @@ async fn prometheus_with_the_shipped_rules_sees_alerts_go_pending() {
     assert_eq!(a["labels"]["provider"], "fluximage");
     assert_eq!(a["labels"]["instance"], app.running.addr.to_string());
     let description = a["annotations"]["description"].as_str().unwrap();
-    // 5 credits a second is 432k a day; the simulator reports whole credits, so the measured
-    // burn is a little off.
+    // 5 credits a second is 432k a day. The simulator reports whole credits and the alert can go
+    // pending while the 10s window spans only a second or two, so one credit either way moves
+    // the measured burn by up to 20%; a wrong unit (per second, per hour) would be far outside.
     let per_day: f64 = description
         .split_once(" credits left, burning ")
         .and_then(|(_, r)| r.split_once("k per day."))
         .and_then(|(n, _)| n.parse().ok())
         .unwrap_or_else(|| panic!("unexpected description: {description}"));
-    assert!((400.0..=440.0).contains(&per_day), "{description}");
+    assert!((340.0..=520.0).contains(&per_day), "{description}");
     assert!(description.starts_with("fluximage account short, pool ai: "));
     // The runbook link resolves on the daemon itself.
     let runbook = a["annotations"]["runbook_url"].as_str().unwrap();
