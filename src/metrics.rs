@@ -1,23 +1,34 @@
-//! The `/metrics` collector: every family built fresh from state at scrape time, never from an upstream.
+//! The `/metrics` exposition: every family built fresh from state at scrape time, never from an upstream.
 //!
 //! Building families per scrape (instead of updating registered gauges) means an account removed
 //! by a reload or a key that vanished upstream leaves no stale series, and a scrape never sees a
 //! half-updated account: each account is read from one consistent snapshot.
+//!
+//! The text is written directly, family by family, in the Prometheus text format (version 0.0.4):
+//! no intermediate protobuf families, and the label text of each account and pool is formatted
+//! once per scrape and reused by every family. [`Exporter::stream`] hands the text out in chunks
+//! as it is written, so a scrape of ten thousand accounts never holds the whole exposition in
+//! memory, and concurrent scrapes do not multiply it.
 
 use crate::providers::Unit;
 use crate::proxy::Counters;
-use crate::state::{AccountState, State};
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::{Encoder, TextEncoder};
+use crate::state::{AccountState, AlertingStatus, ReloadStatus, State};
+use bytes::Bytes;
 use rust_decimal::prelude::ToPrimitive;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
 /// `version` label of `creditwatch_build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// `revision` label of `creditwatch_build_info` (the git commit built from, or `unknown`).
 pub const REVISION: &str = env!("CREDITWATCH_REVISION");
+
+/// The content type of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// [`Exporter::stream`] hands out the text in chunks of about this size.
+pub const CHUNK_BYTES: usize = 256 * 1024;
 
 const ACCOUNT: &[&str] = &["provider", "account"];
 const POOL: &[&str] = &["provider", "account", "pool", "key"];
@@ -26,12 +37,61 @@ const PROXY_KEY: &[&str] = &["provider", "account", "key"];
 const KEY: &[&str] = &["provider", "account", "key"];
 const ENDPOINT: &[&str] = &["provider", "account", "endpoint", "label"];
 
-/// Name, help, type and labels of one family.
+/// A family's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MetricType {
+    Counter,
+    Gauge,
+}
+
+/// Where a family's samples come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Src {
+    BuildInfo,
+    ReloadOk,
+    ReloadTime,
+    Notifications,
+    Alerts,
+    Up,
+    LastSuccess,
+    ScrapeDuration,
+    ScrapeErrors,
+    AccountInfo,
+    Remaining(Unit),
+    Used(Unit),
+    Limit(Unit),
+    Ratio,
+    Consumed(Unit),
+    Burn(Unit),
+    PeriodStart,
+    Reset,
+    Exhaustion,
+    Projected(Unit),
+    ExhaustsBeforeReset,
+    PoolAvailable,
+    KeyExpiry,
+    KeyActive,
+    KeyRequests,
+    KeySpent,
+    EndpointCalls,
+    EndpointCredits,
+    ProxyRequests,
+    ProxyCost,
+    ProxyUnpriced,
+    ProxyKeyRequests,
+    ProxyKeyCost,
+    ProxyWriteErrors,
+}
+
+/// Name, help, type, labels and source of one family.
 struct Spec {
     name: String,
     help: String,
     kind: MetricType,
+    /// The label names every sample carries, in order (checked against the output by tests).
+    #[cfg_attr(not(test), allow(dead_code))]
     labels: Vec<&'static str>,
+    src: Src,
 }
 
 fn spec(
@@ -39,12 +99,14 @@ fn spec(
     help: impl Into<String>,
     kind: MetricType,
     labels: &[&'static str],
+    src: Src,
 ) -> Spec {
     Spec {
         name: name.into(),
         help: help.into(),
         kind,
         labels: labels.to_vec(),
+        src,
     }
 }
 
@@ -58,45 +120,45 @@ fn with(base: &[&'static str], extra: &'static str) -> Vec<&'static str> {
 fn specs() -> &'static [Spec] {
     static SPECS: OnceLock<Vec<Spec>> = OnceLock::new();
     SPECS.get_or_init(|| {
-        use MetricType::{COUNTER, GAUGE};
+        use MetricType::{Counter as COUNTER, Gauge as GAUGE};
         let mut v = vec![
-            spec("creditwatch_up", "1 if the last poll of the account succeeded, else 0.", GAUGE, ACCOUNT),
-            spec("creditwatch_last_success_timestamp_seconds", "Unix time of the last successful poll.", GAUGE, ACCOUNT),
-            spec("creditwatch_scrape_duration_seconds", "Duration of the last poll of the account's usage endpoint.", GAUGE, ACCOUNT),
-            spec("creditwatch_scrape_errors_total", "Failed polls of the account, by reason.", COUNTER, &with(ACCOUNT, "reason")),
-            spec("creditwatch_account_info", "Account metadata; always 1.", GAUGE, &with(ACCOUNT, "plan")),
-            spec("creditwatch_remaining_ratio", "Remaining divided by the period's allocation, 0..1.", GAUGE, POOL),
-            spec("creditwatch_period_start_timestamp_seconds", "Unix time the current billing period started.", GAUGE, POOL),
-            spec("creditwatch_reset_timestamp_seconds", "Unix time of the next reset of the pool.", GAUGE, POOL),
-            spec("creditwatch_exhaustion_timestamp_seconds", "Unix time the pool runs out at the forecast burn rate.", GAUGE, POOL),
-            spec("creditwatch_exhausts_before_reset", "1 if the pool is projected to run out before its next reset, else 0.", GAUGE, POOL),
-            spec("creditwatch_pool_available", "1 if the provider says the pool can be used now, else 0.", GAUGE, POOL),
-            spec("creditwatch_proxy_requests_total", "Requests through the metering proxy, by served model and HTTP status code.", COUNTER, &with(PROXY, "code")),
-            spec("creditwatch_proxy_cost_usd_total", "Spend through the metering proxy in USD, summed exactly from X-Flux-Cost-Usd.", COUNTER, PROXY),
-            spec("creditwatch_proxy_unpriced_requests_total", "Successful proxied requests whose cost is unknown (streaming, or a missing or malformed cost header).", COUNTER, PROXY),
-            spec("creditwatch_proxy_key_requests_total", "Requests through the metering proxy by key name (per-key attribution).", COUNTER, PROXY_KEY),
-            spec("creditwatch_proxy_key_cost_usd_total", "Spend through the metering proxy in USD by key name (per-key attribution).", COUNTER, PROXY_KEY),
-            spec("creditwatch_proxy_ledger_write_errors_total", "Failed commits of the proxy's spend ledger since start (costs are kept in memory and retried).", COUNTER, ACCOUNT),
-            spec("creditwatch_key_expiry_timestamp_seconds", "Unix time the API key expires (absent when it never does).", GAUGE, KEY),
-            spec("creditwatch_key_active", "1 if the provider says the API key is usable, else 0.", GAUGE, KEY),
-            spec("creditwatch_key_requests_total", "Requests made with the API key, all time, as the provider counts them.", COUNTER, KEY),
-            spec("creditwatch_key_spent_usd_total", "USD spent with the API key, all time, as the provider counts it.", COUNTER, KEY),
-            spec("creditwatch_endpoint_calls", "Calls of the endpoint over the provider's lookback window.", GAUGE, ENDPOINT),
-            spec("creditwatch_endpoint_credits", "Credits consumed by the endpoint over the provider's lookback window.", GAUGE, ENDPOINT),
-            spec("creditwatch_build_info", "Build information; always 1.", GAUGE, &["version", "revision"]),
-            spec("creditwatch_config_last_reload_successful", "1 if the last configuration load succeeded, else 0.", GAUGE, &[]),
-            spec("creditwatch_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load.", GAUGE, &[]),
-            spec("creditwatch_notifications_total", "Notification delivery attempts of the built-in alerter, by receiver and result (success or failure).", COUNTER, &["receiver", "result"]),
-            spec("creditwatch_alerts", "Alerts of the built-in alerter, by name and state (pending or firing).", GAUGE, &["alertname", "state"]),
+            spec("creditwatch_up", "1 if the last poll of the account succeeded, else 0.", GAUGE, ACCOUNT, Src::Up),
+            spec("creditwatch_last_success_timestamp_seconds", "Unix time of the last successful poll.", GAUGE, ACCOUNT, Src::LastSuccess),
+            spec("creditwatch_scrape_duration_seconds", "Duration of the last poll of the account's usage endpoint.", GAUGE, ACCOUNT, Src::ScrapeDuration),
+            spec("creditwatch_scrape_errors_total", "Failed polls of the account, by reason.", COUNTER, &with(ACCOUNT, "reason"), Src::ScrapeErrors),
+            spec("creditwatch_account_info", "Account metadata; always 1.", GAUGE, &with(ACCOUNT, "plan"), Src::AccountInfo),
+            spec("creditwatch_remaining_ratio", "Remaining divided by the period's allocation, 0..1.", GAUGE, POOL, Src::Ratio),
+            spec("creditwatch_period_start_timestamp_seconds", "Unix time the current billing period started.", GAUGE, POOL, Src::PeriodStart),
+            spec("creditwatch_reset_timestamp_seconds", "Unix time of the next reset of the pool.", GAUGE, POOL, Src::Reset),
+            spec("creditwatch_exhaustion_timestamp_seconds", "Unix time the pool runs out at the forecast burn rate.", GAUGE, POOL, Src::Exhaustion),
+            spec("creditwatch_exhausts_before_reset", "1 if the pool is projected to run out before its next reset, else 0.", GAUGE, POOL, Src::ExhaustsBeforeReset),
+            spec("creditwatch_pool_available", "1 if the provider says the pool can be used now, else 0.", GAUGE, POOL, Src::PoolAvailable),
+            spec("creditwatch_proxy_requests_total", "Requests through the metering proxy, by served model and HTTP status code.", COUNTER, &with(PROXY, "code"), Src::ProxyRequests),
+            spec("creditwatch_proxy_cost_usd_total", "Spend through the metering proxy in USD, summed exactly from X-Flux-Cost-Usd.", COUNTER, PROXY, Src::ProxyCost),
+            spec("creditwatch_proxy_unpriced_requests_total", "Successful proxied requests whose cost is unknown (streaming, or a missing or malformed cost header).", COUNTER, PROXY, Src::ProxyUnpriced),
+            spec("creditwatch_proxy_key_requests_total", "Requests through the metering proxy by key name (per-key attribution).", COUNTER, PROXY_KEY, Src::ProxyKeyRequests),
+            spec("creditwatch_proxy_key_cost_usd_total", "Spend through the metering proxy in USD by key name (per-key attribution).", COUNTER, PROXY_KEY, Src::ProxyKeyCost),
+            spec("creditwatch_proxy_ledger_write_errors_total", "Failed commits of the proxy's spend ledger since start (costs are kept in memory and retried).", COUNTER, ACCOUNT, Src::ProxyWriteErrors),
+            spec("creditwatch_key_expiry_timestamp_seconds", "Unix time the API key expires (absent when it never does).", GAUGE, KEY, Src::KeyExpiry),
+            spec("creditwatch_key_active", "1 if the provider says the API key is usable, else 0.", GAUGE, KEY, Src::KeyActive),
+            spec("creditwatch_key_requests_total", "Requests made with the API key, all time, as the provider counts them.", COUNTER, KEY, Src::KeyRequests),
+            spec("creditwatch_key_spent_usd_total", "USD spent with the API key, all time, as the provider counts it.", COUNTER, KEY, Src::KeySpent),
+            spec("creditwatch_endpoint_calls", "Calls of the endpoint over the provider's lookback window.", GAUGE, ENDPOINT, Src::EndpointCalls),
+            spec("creditwatch_endpoint_credits", "Credits consumed by the endpoint over the provider's lookback window.", GAUGE, ENDPOINT, Src::EndpointCredits),
+            spec("creditwatch_build_info", "Build information; always 1.", GAUGE, &["version", "revision"], Src::BuildInfo),
+            spec("creditwatch_config_last_reload_successful", "1 if the last configuration load succeeded, else 0.", GAUGE, &[], Src::ReloadOk),
+            spec("creditwatch_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load.", GAUGE, &[], Src::ReloadTime),
+            spec("creditwatch_notifications_total", "Notification delivery attempts of the built-in alerter, by receiver and result (success or failure).", COUNTER, &["receiver", "result"], Src::Notifications),
+            spec("creditwatch_alerts", "Alerts of the built-in alerter, by name and state (pending or firing).", GAUGE, &["alertname", "state"], Src::Alerts),
         ];
-        for u in Unit::ALL {
-            let u = u.as_str();
-            v.push(spec(format!("creditwatch_remaining_{u}"), format!("Left in the pool now, in {u}."), GAUGE, POOL));
-            v.push(spec(format!("creditwatch_used_{u}"), format!("Consumed in the current period as the provider counts it, in {u}."), GAUGE, POOL));
-            v.push(spec(format!("creditwatch_limit_{u}"), format!("Allocation for the current period, in {u}."), GAUGE, POOL));
-            v.push(spec(format!("creditwatch_consumed_{u}_total"), format!("Consumed since creditwatch first saw the pool, in {u}; not reset by period resets or top-ups."), COUNTER, POOL));
-            v.push(spec(format!("creditwatch_burn_rate_{u}_per_second"), format!("Consumption rate in {u} per second over the window (\"period\" = average since the period start)."), GAUGE, &with(POOL, "window")));
-            v.push(spec(format!("creditwatch_projected_remaining_at_reset_{u}"), format!("Projected {u} left at the next reset at the forecast burn rate; negative is a shortfall."), GAUGE, POOL));
+        for unit in Unit::ALL {
+            let u = unit.as_str();
+            v.push(spec(format!("creditwatch_remaining_{u}"), format!("Left in the pool now, in {u}."), GAUGE, POOL, Src::Remaining(unit)));
+            v.push(spec(format!("creditwatch_used_{u}"), format!("Consumed in the current period as the provider counts it, in {u}."), GAUGE, POOL, Src::Used(unit)));
+            v.push(spec(format!("creditwatch_limit_{u}"), format!("Allocation for the current period, in {u}."), GAUGE, POOL, Src::Limit(unit)));
+            v.push(spec(format!("creditwatch_consumed_{u}_total"), format!("Consumed since creditwatch first saw the pool, in {u}; not reset by period resets or top-ups."), COUNTER, POOL, Src::Consumed(unit)));
+            v.push(spec(format!("creditwatch_burn_rate_{u}_per_second"), format!("Consumption rate in {u} per second over the window (\"period\" = average since the period start)."), GAUGE, &with(POOL, "window"), Src::Burn(unit)));
+            v.push(spec(format!("creditwatch_projected_remaining_at_reset_{u}"), format!("Projected {u} left at the next reset at the forecast burn rate; negative is a shortfall."), GAUGE, POOL, Src::Projected(unit)));
         }
         v
     })
@@ -108,65 +170,72 @@ pub fn family_names() -> Vec<&'static str> {
     specs().iter().map(|s| s.name.as_str()).collect()
 }
 
-fn spec_index() -> &'static HashMap<&'static str, usize> {
-    static IDX: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
-    IDX.get_or_init(|| {
-        specs()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.as_str(), i))
+/// Families in exposition order (by name), each with its `# HELP` and `# TYPE` lines.
+fn ordered() -> &'static [(&'static Spec, String)] {
+    static ORDER: OnceLock<Vec<(&'static Spec, String)>> = OnceLock::new();
+    ORDER.get_or_init(|| {
+        let mut v: Vec<&'static Spec> = specs().iter().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v.into_iter()
+            .map(|s| {
+                let mut help = String::with_capacity(s.help.len());
+                escape_into(&mut help, &s.help, false);
+                let kind = match s.kind {
+                    MetricType::Counter => "counter",
+                    MetricType::Gauge => "gauge",
+                };
+                let header = format!("# HELP {} {help}\n# TYPE {} {kind}\n", s.name, s.name);
+                (s, header)
+            })
             .collect()
     })
 }
 
-/// Accumulates samples by family during one scrape.
-#[derive(Default)]
-struct Families {
-    by_name: BTreeMap<&'static str, MetricFamily>,
+/// Appends `v` escaped as the text format asks: `\` and newline always, `"` in label values.
+fn escape_into(out: &mut String, v: &str, quote: bool) {
+    if !v
+        .bytes()
+        .any(|b| b == b'\\' || b == b'\n' || (quote && b == b'"'))
+    {
+        out.push_str(v);
+        return;
+    }
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quote => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
 }
 
-impl Families {
-    fn add(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        let spec = &specs()[*spec_index()
-            .get(name)
-            .unwrap_or_else(|| panic!("metric {name} has no spec"))];
-        debug_assert_eq!(
-            spec.labels,
-            labels.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
-            "labels of {name}"
-        );
-        let fam = self.by_name.entry(spec.name.as_str()).or_insert_with(|| {
-            let mut f = MetricFamily::default();
-            f.set_name(spec.name.clone());
-            f.set_help(spec.help.clone());
-            f.set_field_type(spec.kind);
-            f
-        });
-        let mut m = Metric::default();
-        m.set_label(
-            labels
-                .iter()
-                .map(|(k, v)| {
-                    let mut l = LabelPair::default();
-                    l.set_name(k.to_string());
-                    l.set_value(v.to_string());
-                    l
-                })
-                .collect(),
-        );
-        match spec.kind {
-            MetricType::COUNTER => {
-                let mut c = Counter::default();
-                c.set_value(value);
-                m.set_counter(c);
-            }
-            _ => {
-                let mut g = Gauge::default();
-                g.set_value(value);
-                m.set_gauge(g);
-            }
-        }
-        fam.mut_metric().push(m);
+/// Appends `name="value"`, preceded by a comma unless `out` is empty.
+fn push_label(out: &mut String, name: &str, value: &str) {
+    if !out.is_empty() {
+        out.push(',');
+    }
+    out.push_str(name);
+    out.push_str("=\"");
+    escape_into(out, value, true);
+    out.push('"');
+}
+
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (k, v) in pairs {
+        push_label(&mut out, k, v);
+    }
+    out
+}
+
+/// Appends a sample value as Rust formats an `f64` (the shortest text that reads back the same,
+/// never in exponent notation), taking the integer path for whole numbers.
+fn push_value(out: &mut String, v: f64) {
+    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
+        let _ = write!(out, "{}", v as i64);
+    } else {
+        let _ = write!(out, "{v}");
     }
 }
 
@@ -178,266 +247,629 @@ fn bool_f(b: bool) -> f64 {
     if b { 1.0 } else { 0.0 }
 }
 
-fn account_families(f: &mut Families, name: &str, a: &AccountState) {
-    let base = [("provider", a.provider), ("account", name)];
-    if a.attempts > 0 {
-        f.add("creditwatch_up", &base, bool_f(a.up));
+/// The exposition being written, handed out in chunks when streaming.
+struct Out<'a> {
+    buf: String,
+    sink: Option<&'a mut dyn FnMut(Bytes) -> bool>,
+    /// The receiver went away: stop writing.
+    closed: bool,
+}
+
+impl Out<'_> {
+    /// One sample: `name{labels,extra="value"} value`.
+    fn sample(&mut self, name: &str, labels: &str, extra: Option<(&str, &str)>, value: f64) {
+        let b = &mut self.buf;
+        b.push_str(name);
+        if !labels.is_empty() || extra.is_some() {
+            b.push('{');
+            b.push_str(labels);
+            if let Some((k, v)) = extra {
+                if !labels.is_empty() {
+                    b.push(',');
+                }
+                b.push_str(k);
+                b.push_str("=\"");
+                escape_into(b, v, true);
+                b.push('"');
+            }
+            b.push('}');
+        }
+        b.push(' ');
+        push_value(b, value);
+        b.push('\n');
     }
-    if let Some(d) = a.last_duration_seconds {
-        f.add("creditwatch_scrape_duration_seconds", &base, d);
+
+    /// Hands out what has been written once it reaches [`CHUNK_BYTES`].
+    fn maybe_flush(&mut self) {
+        if self.buf.len() >= CHUNK_BYTES {
+            self.flush();
+        }
     }
-    for (reason, n) in &a.errors {
-        f.add(
-            "creditwatch_scrape_errors_total",
-            &[base[0], base[1], ("reason", reason)],
-            *n as f64,
-        );
+
+    fn flush(&mut self) {
+        let Some(sink) = self.sink.as_mut() else {
+            return;
+        };
+        if self.buf.is_empty() || self.closed {
+            return;
+        }
+        let chunk = std::mem::replace(&mut self.buf, String::with_capacity(CHUNK_BYTES + 4096));
+        if !sink(Bytes::from(chunk)) {
+            self.closed = true;
+        }
     }
-    // Kept when stale values are dropped: it is what tells how old they were.
-    if let Some(t) = a.last_success {
-        f.add("creditwatch_last_success_timestamp_seconds", &base, secs(t));
+}
+
+/// The label text of one account's series, formatted once per scrape.
+struct Labels {
+    /// `provider="…",account="…"`.
+    account: String,
+    /// Account labels plus `pool` and `key`, one per pool of the snapshot.
+    pools: Vec<String>,
+    /// Account labels plus `key`, one per API key of the snapshot.
+    keys: Vec<String>,
+    /// Account labels plus `endpoint` and `label`, one per endpoint of the snapshot.
+    endpoints: Vec<String>,
+}
+
+impl Labels {
+    fn of(name: &str, a: &AccountState) -> Labels {
+        let account = labels(&[("provider", a.provider), ("account", name)]);
+        let extend = |pairs: &[(&str, &str)]| {
+            let mut l = account.clone();
+            for (k, v) in pairs {
+                push_label(&mut l, k, v);
+            }
+            l
+        };
+        let (mut pools, mut keys, mut endpoints) = (Vec::new(), Vec::new(), Vec::new());
+        if let Some(snap) = &a.snapshot {
+            pools = snap
+                .pools
+                .iter()
+                .map(|p| extend(&[("pool", &p.reading.pool), ("key", &p.reading.key)]))
+                .collect();
+            keys = snap
+                .keys
+                .iter()
+                .map(|k| extend(&[("key", &k.key)]))
+                .collect();
+            endpoints = snap
+                .endpoints
+                .iter()
+                .map(|e| extend(&[("endpoint", &e.endpoint), ("label", &e.label)]))
+                .collect();
+        }
+        Labels {
+            account,
+            pools,
+            keys,
+            endpoints,
+        }
+    }
+}
+
+/// Everything one scrape reads, copied out of the state once.
+struct Scrape {
+    reload: ReloadStatus,
+    alerting: AlertingStatus,
+    accounts: Vec<(AccountState, Labels)>,
+    /// A fluxrouter account's proxy counters and its `provider`/`account` labels.
+    proxies: Vec<(String, Counters, String)>,
+}
+
+impl Scrape {
+    fn take(state: &State) -> Scrape {
+        let accounts = state
+            .accounts()
+            .into_iter()
+            .map(|(name, a)| {
+                let l = Labels::of(&name, &a);
+                (a, l)
+            })
+            .collect();
+        let proxies = state
+            .proxies()
+            .into_iter()
+            .map(|(name, p)| {
+                let l = labels(&[("provider", "fluxrouter"), ("account", &name)]);
+                (name, p.meter.counters(), l)
+            })
+            .collect();
+        Scrape {
+            reload: state.reload_status(),
+            alerting: state.alerting(),
+            accounts,
+            proxies,
+        }
+    }
+
+    /// Writes every sample of one family; false when it has none.
+    fn family(&self, out: &mut Out<'_>, spec: &Spec) -> bool {
+        let name = spec.name.as_str();
+        let mut any = false;
+        let mut emit = |out: &mut Out<'_>, labels: &str, extra: Option<(&str, &str)>, v: f64| {
+            out.sample(name, labels, extra, v);
+            any = true;
+        };
+        match spec.src {
+            Src::BuildInfo => emit(
+                out,
+                &labels(&[("version", VERSION), ("revision", REVISION)]),
+                None,
+                1.0,
+            ),
+            Src::ReloadOk => emit(out, "", None, bool_f(self.reload.last_successful)),
+            Src::ReloadTime => {
+                if let Some(t) = self.reload.last_success {
+                    emit(out, "", None, secs(t));
+                }
+            }
+            Src::Notifications => {
+                for (receiver, (ok, failed)) in &self.alerting.notifications {
+                    for (result, n) in [("success", ok), ("failure", failed)] {
+                        let l = labels(&[("receiver", receiver), ("result", result)]);
+                        emit(out, &l, None, *n as f64);
+                    }
+                }
+            }
+            Src::Alerts => {
+                if self.alerting.enabled {
+                    let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+                    for (name, phase) in &self.alerting.alerts {
+                        if *phase != "resolved" {
+                            *counts.entry((name, phase)).or_default() += 1;
+                        }
+                    }
+                    for ((name, phase), n) in counts {
+                        let l = labels(&[("alertname", name), ("state", phase)]);
+                        emit(out, &l, None, n as f64);
+                    }
+                }
+            }
+            Src::ProxyRequests
+            | Src::ProxyCost
+            | Src::ProxyUnpriced
+            | Src::ProxyKeyRequests
+            | Src::ProxyKeyCost
+            | Src::ProxyWriteErrors => {
+                for (_, c, l) in &self.proxies {
+                    proxy_samples(spec.src, c, l, &mut emit, out);
+                    if out.closed {
+                        break;
+                    }
+                }
+            }
+            src => {
+                for (a, l) in &self.accounts {
+                    account_samples(src, a, l, &mut emit, out);
+                    out.maybe_flush();
+                    if out.closed {
+                        break;
+                    }
+                }
+            }
+        }
+        any
+    }
+}
+
+type Emit<'e> = dyn FnMut(&mut Out<'_>, &str, Option<(&str, &str)>, f64) + 'e;
+
+/// The samples of one account-level, pool, key or endpoint family for one account.
+fn account_samples(src: Src, a: &AccountState, l: &Labels, emit: &mut Emit<'_>, out: &mut Out<'_>) {
+    match src {
+        Src::Up if a.attempts > 0 => emit(out, &l.account, None, bool_f(a.up)),
+        Src::ScrapeDuration => {
+            if let Some(d) = a.last_duration_seconds {
+                emit(out, &l.account, None, d);
+            }
+        }
+        Src::ScrapeErrors => {
+            for (reason, n) in &a.errors {
+                emit(out, &l.account, Some(("reason", reason)), *n as f64);
+            }
+        }
+        // Kept when stale values are dropped: it is what tells how old they were.
+        Src::LastSuccess => {
+            if let Some(t) = a.last_success {
+                emit(out, &l.account, None, secs(t));
+            }
+        }
+        _ => {}
     }
     let Some(snap) = &a.snapshot else { return };
-    f.add(
-        "creditwatch_account_info",
-        &[
-            base[0],
-            base[1],
-            ("plan", snap.plan.as_deref().unwrap_or("")),
-        ],
-        1.0,
-    );
-    for p in &snap.pools {
-        let r = &p.reading;
-        let u = r.unit.as_str();
-        let l = [
-            base[0],
-            base[1],
-            ("pool", r.pool.as_str()),
-            ("key", r.key.as_str()),
-        ];
-        if let Some(v) = r.remaining {
-            f.add(&format!("creditwatch_remaining_{u}"), &l, v);
+    let unit_of = |u: Unit| move |p: &&crate::state::PoolState| p.reading.unit == u;
+    let pools = || snap.pools.iter().zip(&l.pools);
+    match src {
+        Src::AccountInfo => emit(
+            out,
+            &l.account,
+            Some(("plan", snap.plan.as_deref().unwrap_or(""))),
+            1.0,
+        ),
+        Src::Remaining(u) | Src::Used(u) | Src::Limit(u) => {
+            for (p, pl) in pools().filter(|(p, _)| unit_of(u)(p)) {
+                let r = &p.reading;
+                let v = match src {
+                    Src::Remaining(_) => r.remaining,
+                    Src::Used(_) => r.used,
+                    _ => r.limit,
+                };
+                if let Some(v) = v {
+                    emit(out, pl, None, v);
+                }
+            }
         }
-        if let Some(v) = r.used {
-            f.add(&format!("creditwatch_used_{u}"), &l, v);
+        Src::Ratio => {
+            for (p, pl) in pools() {
+                if let (Some(rem), Some(lim)) = (p.reading.remaining, p.reading.limit)
+                    && lim > 0.0
+                {
+                    emit(out, pl, None, (rem / lim).clamp(0.0, 1.0));
+                }
+            }
         }
-        if let Some(v) = r.limit {
-            f.add(&format!("creditwatch_limit_{u}"), &l, v);
+        Src::Consumed(u) => {
+            for (p, pl) in pools().filter(|(p, _)| unit_of(u)(p)) {
+                emit(out, pl, None, p.consumed_total);
+            }
         }
-        if let (Some(rem), Some(lim)) = (r.remaining, r.limit)
-            && lim > 0.0
-        {
-            f.add(
-                "creditwatch_remaining_ratio",
-                &l,
-                (rem / lim).clamp(0.0, 1.0),
-            );
+        Src::Burn(u) => {
+            for (p, pl) in pools().filter(|(p, _)| unit_of(u)(p)) {
+                for (window, v) in &p.forecast.burn {
+                    emit(out, pl, Some(("window", window)), *v);
+                }
+                if let Some(v) = p.forecast.burn_period {
+                    emit(out, pl, Some(("window", "period")), v);
+                }
+            }
         }
-        f.add(
-            &format!("creditwatch_consumed_{u}_total"),
-            &l,
-            p.consumed_total,
-        );
-        let burn = format!("creditwatch_burn_rate_{u}_per_second");
-        for (window, v) in &p.forecast.burn {
-            f.add(&burn, &[l[0], l[1], l[2], l[3], ("window", window)], *v);
+        Src::PeriodStart | Src::Reset => {
+            for (p, pl) in pools() {
+                if let Some(period) = p.period {
+                    let t = if src == Src::Reset {
+                        period.end
+                    } else {
+                        period.start
+                    };
+                    emit(out, pl, None, secs(t));
+                }
+            }
         }
-        if let Some(v) = p.forecast.burn_period {
-            f.add(&burn, &[l[0], l[1], l[2], l[3], ("window", "period")], v);
+        Src::Exhaustion => {
+            for (p, pl) in pools() {
+                if let Some(v) = p.forecast.exhaustion {
+                    emit(out, pl, None, v);
+                }
+            }
         }
-        if let Some(period) = p.period {
-            f.add(
-                "creditwatch_period_start_timestamp_seconds",
-                &l,
-                secs(period.start),
-            );
-            f.add("creditwatch_reset_timestamp_seconds", &l, secs(period.end));
+        Src::Projected(u) => {
+            for (p, pl) in pools().filter(|(p, _)| unit_of(u)(p)) {
+                if let Some(v) = p.forecast.projected_remaining_at_reset {
+                    emit(out, pl, None, v);
+                }
+            }
         }
-        if let Some(v) = p.forecast.exhaustion {
-            f.add("creditwatch_exhaustion_timestamp_seconds", &l, v);
+        Src::ExhaustsBeforeReset => {
+            for (p, pl) in pools() {
+                if let Some(v) = p.forecast.exhausts_before_reset {
+                    emit(out, pl, None, bool_f(v));
+                }
+            }
         }
-        if let Some(v) = p.forecast.projected_remaining_at_reset {
-            f.add(
-                &format!("creditwatch_projected_remaining_at_reset_{u}"),
-                &l,
-                v,
-            );
+        Src::PoolAvailable => {
+            for (p, pl) in pools() {
+                if let Some(v) = p.reading.available {
+                    emit(out, pl, None, bool_f(v));
+                }
+            }
         }
-        if let Some(v) = p.forecast.exhausts_before_reset {
-            f.add("creditwatch_exhausts_before_reset", &l, bool_f(v));
+        Src::KeyExpiry | Src::KeyActive | Src::KeyRequests | Src::KeySpent => {
+            for (k, kl) in snap.keys.iter().zip(&l.keys) {
+                let v = match src {
+                    Src::KeyExpiry => k.expires_at.map(secs),
+                    Src::KeyActive => Some(bool_f(k.active)),
+                    Src::KeyRequests => Some(k.requests),
+                    _ => k.spent_usd,
+                };
+                if let Some(v) = v {
+                    emit(out, kl, None, v);
+                }
+            }
         }
-        if let Some(v) = r.available {
-            f.add("creditwatch_pool_available", &l, bool_f(v));
+        Src::EndpointCalls | Src::EndpointCredits => {
+            for (e, el) in snap.endpoints.iter().zip(&l.endpoints) {
+                let v = if src == Src::EndpointCalls {
+                    e.calls
+                } else {
+                    e.credits
+                };
+                emit(out, el, None, v);
+            }
         }
-    }
-    for k in &snap.keys {
-        let l = [base[0], base[1], ("key", k.key.as_str())];
-        if let Some(t) = k.expires_at {
-            f.add("creditwatch_key_expiry_timestamp_seconds", &l, secs(t));
-        }
-        f.add("creditwatch_key_active", &l, bool_f(k.active));
-        f.add("creditwatch_key_requests_total", &l, k.requests);
-        if let Some(v) = k.spent_usd {
-            f.add("creditwatch_key_spent_usd_total", &l, v);
-        }
-    }
-    for e in &snap.endpoints {
-        let l = [
-            base[0],
-            base[1],
-            ("endpoint", e.endpoint.as_str()),
-            ("label", e.label.as_str()),
-        ];
-        f.add("creditwatch_endpoint_calls", &l, e.calls);
-        f.add("creditwatch_endpoint_credits", &l, e.credits);
+        _ => {}
     }
 }
 
 /// The proxy series of one fluxrouter account, read live from its meter: they move with every
 /// request, not only at polls, and start from the ledger's totals after a restart.
-fn proxy_families(f: &mut Families, name: &str, c: &Counters) {
-    let provider = "fluxrouter";
-    for ((model, code), n) in &c.requests {
-        f.add(
-            "creditwatch_proxy_requests_total",
-            &[
-                ("provider", provider),
-                ("account", name),
-                ("model", model),
-                ("code", &code.to_string()),
-            ],
-            *n as f64,
-        );
+fn proxy_samples(src: Src, c: &Counters, account: &str, emit: &mut Emit<'_>, out: &mut Out<'_>) {
+    let with = |pairs: &[(&str, &str)]| {
+        let mut l = account.to_string();
+        for (k, v) in pairs {
+            push_label(&mut l, k, v);
+        }
+        l
+    };
+    let usd = |d: &rust_decimal::Decimal| d.to_f64().unwrap_or(f64::MAX);
+    match src {
+        Src::ProxyRequests => {
+            for ((model, code), n) in &c.requests {
+                let l = with(&[("model", model), ("code", &code.to_string())]);
+                emit(out, &l, None, *n as f64);
+            }
+        }
+        Src::ProxyCost => {
+            for (model, cost) in &c.cost {
+                emit(out, &with(&[("model", model)]), None, usd(cost));
+            }
+        }
+        Src::ProxyUnpriced => {
+            for (model, n) in &c.unpriced {
+                emit(out, &with(&[("model", model)]), None, *n as f64);
+            }
+        }
+        Src::ProxyKeyRequests | Src::ProxyKeyCost => {
+            for (key, (n, cost)) in &c.by_key {
+                let v = if src == Src::ProxyKeyRequests {
+                    *n as f64
+                } else {
+                    usd(cost)
+                };
+                emit(out, &with(&[("key", key)]), None, v);
+            }
+        }
+        Src::ProxyWriteErrors => emit(out, account, None, c.write_errors as f64),
+        _ => {}
     }
-    for (model, cost) in &c.cost {
-        f.add(
-            "creditwatch_proxy_cost_usd_total",
-            &[("provider", provider), ("account", name), ("model", model)],
-            cost.to_f64().unwrap_or(f64::MAX),
-        );
-    }
-    for (model, n) in &c.unpriced {
-        f.add(
-            "creditwatch_proxy_unpriced_requests_total",
-            &[("provider", provider), ("account", name), ("model", model)],
-            *n as f64,
-        );
-    }
-    for (key, (n, cost)) in &c.by_key {
-        let l = [
-            ("provider", provider),
-            ("account", name),
-            ("key", key.as_str()),
-        ];
-        f.add("creditwatch_proxy_key_requests_total", &l, *n as f64);
-        f.add(
-            "creditwatch_proxy_key_cost_usd_total",
-            &l,
-            cost.to_f64().unwrap_or(f64::MAX),
-        );
-    }
-    f.add(
-        "creditwatch_proxy_ledger_write_errors_total",
-        &[("provider", provider), ("account", name)],
-        c.write_errors as f64,
-    );
 }
 
-/// The exporter's collector. It can be registered in any `prometheus::Registry`.
+/// The exporter: renders the exposition from [`State`] on demand. Cheap to clone.
+#[derive(Clone)]
 pub struct Exporter {
     state: Arc<State>,
-    descs: Vec<Desc>,
 }
 
 impl Exporter {
     pub fn new(state: Arc<State>) -> Self {
-        let descs = specs()
-            .iter()
-            .map(|s| {
-                Desc::new(
-                    s.name.clone(),
-                    s.help.clone(),
-                    s.labels.iter().map(|l| l.to_string()).collect(),
-                    HashMap::new(),
-                )
-                .expect("valid metric descriptor")
-            })
-            .collect();
-        Exporter { state, descs }
+        Exporter { state }
     }
 
     /// The exposition text of every family.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        TextEncoder::new()
-            .encode_utf8(&self.collect(), &mut out)
-            .expect("families are well formed");
-        out
+        let mut out = Out {
+            buf: String::new(),
+            sink: None,
+            closed: false,
+        };
+        self.write(&mut out);
+        out.buf
+    }
+
+    /// Writes the exposition into `send` in chunks of about [`CHUNK_BYTES`], in order. Stops
+    /// early when `send` returns false (the client went away).
+    pub fn stream(&self, mut send: impl FnMut(Bytes) -> bool) {
+        let mut out = Out {
+            buf: String::with_capacity(CHUNK_BYTES + 4096),
+            sink: Some(&mut send),
+            closed: false,
+        };
+        self.write(&mut out);
+        out.flush();
+    }
+
+    fn write(&self, out: &mut Out<'_>) {
+        let scrape = Scrape::take(&self.state);
+        for (spec, header) in ordered() {
+            let mark = out.buf.len();
+            out.buf.push_str(header);
+            // A family is flushed mid-way only once it has samples, so an empty one can always
+            // be taken back.
+            if !scrape.family(out, spec) {
+                out.buf.truncate(mark);
+            }
+            out.maybe_flush();
+            if out.closed {
+                return;
+            }
+        }
     }
 
     /// The content type of [`Exporter::render`]'s output.
-    pub fn content_type() -> String {
-        TextEncoder::new().format_type().to_string()
+    pub fn content_type() -> &'static str {
+        CONTENT_TYPE
     }
 }
 
-impl Collector for Exporter {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerting::rules::parse_sample;
+    use crate::config::Config;
+    use crate::poller::ingest;
+    use crate::providers::{ProviderSettings, fluximage, imagerouter};
+    use crate::store::Store;
+    use chrono::{TimeZone, Utc};
+    use std::path::Path;
+
+    /// A state with a Fluximage account polled twice, an ImageRouter account whose key names
+    /// need escaping, and an account that has only failed.
+    fn state() -> Arc<State> {
+        let text = r#"
+[[account]]
+name = "images"
+provider = "fluximage"
+api_key = "k"
+billing_anchor = "2026-01-15"
+
+[[account]]
+name = "router \"eu\""
+provider = "imagerouter"
+api_key = "k"
+
+[[account]]
+name = "down"
+provider = "fluximage"
+api_key = "k"
+billing_anchor = "2026-01-15"
+"#;
+        let (config, _) =
+            Config::parse(text, Path::new("t.toml"), Path::new("."), &|_| None).unwrap();
+        let store = Store::in_memory();
+        let state = State::new();
+        state.set_reload(true, Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap());
+        for a in &config.accounts {
+            state.add_account(&a.name, a.provider.name(), true);
+        }
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap();
+        for (i, t) in [t0, t0 + chrono::Duration::hours(3)]
+            .into_iter()
+            .enumerate()
+        {
+            let flux = format!(
+                r#"{{"plan":"starter","compressor_used":{},"compressor_limit":200,"ia_credits_used":{},"ia_credits_monthly":200,"ia_topup_credits":0,"ia_credits_remaining":{},"canCompress":true,"canUseIA":true}}"#,
+                10 + 5 * i,
+                20 + 7 * i,
+                180 - 7 * i
+            );
+            let anchor = config.accounts[0].billing_anchor.unwrap();
+            let r = fluximage::parse(flux.as_bytes(), anchor).unwrap();
+            let (snap, err) = ingest(&store, &config.accounts[0], r, t);
+            assert!(err.is_none());
+            state.record_success("images", 0.25, snap);
+
+            let keys = format!(
+                r#"{{"remaining_credits":"25.5000","credit_usage":"{}","total_deposits":"30.0000","usage_by_api_key":[
+                {{"api_key_id":"a1","api_key_name":"back\\slash \"quoted\"\nnew line","credit_usage":"1.0000","total_requests":7,"created_at":null,"is_active":true,"spend_limit":"5.0000","spend_limit_period":"day","period_spend":"{}","period_start":"2026-11-20T00:00:00.000Z","expires_at":"2027-01-01T00:00:00.000Z"}}]}}"#,
+                4.5 + i as f64,
+                0.5 + i as f64
+            );
+            let ProviderSettings::Imagerouter(s) = &config.accounts[1].provider else {
+                unreachable!()
+            };
+            let r = imagerouter::parse(keys.as_bytes(), t, s.per_key).unwrap();
+            let (snap, err) = ingest(&store, &config.accounts[1], r, t);
+            assert!(err.is_none());
+            state.record_success("router \"eu\"", 0.5, snap);
+        }
+        state.record_failure("down", 0.1, "timeout", "no answer".into());
+        state
     }
 
-    fn collect(&self) -> Vec<MetricFamily> {
-        let mut f = Families::default();
-        f.add(
-            "creditwatch_build_info",
-            &[("version", VERSION), ("revision", REVISION)],
+    #[test]
+    fn every_sample_carries_its_familys_labels_escaped_and_reads_back() {
+        let state = state();
+        let text = Exporter::new(state).render();
+        let specs: BTreeMap<&str, &Spec> = specs().iter().map(|s| (s.name.as_str(), s)).collect();
+        let mut names = Vec::new();
+        let mut current = "";
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                current = rest.split(' ').next().unwrap();
+                names.push(current);
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (name, labels, _) = parse_sample(line).unwrap_or_else(|| panic!("{line}"));
+            assert_eq!(name, current, "{line} outside its family");
+            let want: Vec<&str> = specs[name].labels.to_vec();
+            let mut got: Vec<&str> = labels.keys().map(String::as_str).collect();
+            let mut sorted = want.clone();
+            sorted.sort();
+            got.sort();
+            assert_eq!(got, sorted, "{line}");
+        }
+        // Families are sorted by name and each appears once.
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(names, sorted);
+        // The key name with a backslash, quotes and a newline is escaped and reads back intact.
+        assert!(
+            text.contains(r#"key="back\\slash \"quoted\"\nnew line""#),
+            "{text}"
+        );
+        assert!(text.contains(r#"account="router \"eu\"""#));
+        let spend = text
+            .lines()
+            .find(|l| l.starts_with("creditwatch_limit_usd{") && l.contains("key_spend"))
+            .unwrap();
+        let (_, labels, v) = parse_sample(spend).unwrap();
+        assert_eq!(labels["key"], "back\\slash \"quoted\"\nnew line");
+        assert_eq!(labels["account"], "router \"eu\"");
+        assert_eq!(v, 5.0);
+        // The account that only failed has its status series and no values.
+        assert!(text.contains("creditwatch_up{provider=\"fluximage\",account=\"down\"} 0\n"));
+        assert!(!text.contains("account=\"down\",pool="));
+    }
+
+    #[test]
+    fn streamed_chunks_add_up_to_the_rendered_text() {
+        let state = state();
+        // Enough accounts for several chunks.
+        let snap = state.account("images").unwrap().snapshot.unwrap();
+        for i in 0..3000 {
+            let name = format!("copy-{i:04}");
+            state.add_account(&name, "fluximage", false);
+            state.record_success(&name, 0.1, (*snap).clone());
+        }
+        let exporter = Exporter::new(state);
+        let whole = exporter.render();
+        let mut chunks = Vec::new();
+        exporter.stream(|c| {
+            chunks.push(c);
+            true
+        });
+        assert!(chunks.len() > 3, "{} chunks", chunks.len());
+        assert!(chunks.iter().all(|c| c.len() < 2 * CHUNK_BYTES));
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(String::from_utf8(joined).unwrap(), whole);
+
+        // A receiver that goes away stops the writer.
+        let mut n = 0;
+        exporter.stream(|_| {
+            n += 1;
+            false
+        });
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn values_format_as_rust_formats_f64() {
+        for v in [
+            0.0,
+            -0.0,
             1.0,
-        );
-        let reload = self.state.reload_status();
-        f.add(
-            "creditwatch_config_last_reload_successful",
-            &[],
-            bool_f(reload.last_successful),
-        );
-        if let Some(t) = reload.last_success {
-            f.add(
-                "creditwatch_config_last_reload_success_timestamp_seconds",
-                &[],
-                secs(t),
-            );
+            -5.0,
+            0.9,
+            1795262400.0,
+            1800316800.5,
+            646.1538461538462,
+            0.00008012820512820513,
+            1e15,
+            1e21,
+            -1e300,
+            f64::MAX,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            let mut s = String::new();
+            push_value(&mut s, v);
+            assert_eq!(s, v.to_string());
         }
-        let alerting = self.state.alerting();
-        for (receiver, (ok, failed)) in &alerting.notifications {
-            for (result, n) in [("success", ok), ("failure", failed)] {
-                f.add(
-                    "creditwatch_notifications_total",
-                    &[("receiver", receiver), ("result", result)],
-                    *n as f64,
-                );
-            }
-        }
-        if alerting.enabled {
-            let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-            for (name, phase) in &alerting.alerts {
-                if *phase != "resolved" {
-                    *counts.entry((name, phase)).or_default() += 1;
-                }
-            }
-            for ((name, phase), n) in counts {
-                f.add(
-                    "creditwatch_alerts",
-                    &[("alertname", name), ("state", phase)],
-                    n as f64,
-                );
-            }
-        }
-        for (name, a) in &self.state.accounts() {
-            account_families(&mut f, name, a);
-        }
-        for (name, p) in &self.state.proxies() {
-            proxy_families(&mut f, name, &p.meter.counters());
-        }
-        f.by_name.into_values().collect()
     }
 }

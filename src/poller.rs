@@ -244,10 +244,15 @@ pub fn ingest(
         Some(e) => Err(e),
         None => store.record_with_history(&account.name, &rows, &past),
     };
+    // Each window's burn reads only the samples around its start and the last one.
+    let starts: Vec<i64> = windows
+        .iter()
+        .map(|w| now_ms - w.duration.as_millis() as i64)
+        .collect();
     let mut pools = Vec::with_capacity(rows.len());
     for ((pool, row), period) in reading.pools.into_iter().zip(rows).zip(periods) {
         let points = store
-            .points(&account.name, &row.id, since)
+            .window_points(&account.name, &row.id, now_ms, &starts)
             .unwrap_or_default();
         let f = forecast(&ForecastInput {
             points: &points,

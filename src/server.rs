@@ -53,9 +53,25 @@ pub fn router(web: Arc<Web>) -> Router {
         .with_state(web)
 }
 
+/// Streams the exposition as it is written on the blocking pool, so a large one is never held
+/// whole in memory and gzip (when asked) compresses it as it goes.
 async fn metrics(Extract(web): Extract<Arc<Web>>) -> Response {
-    let body = web.exporter.render();
-    ([(header::CONTENT_TYPE, Exporter::content_type())], body).into_response()
+    // Two chunks in flight: the writer stays just ahead of the client.
+    let (tx, rx) = mpsc::channel::<bytes::Bytes>(2);
+    let exporter = web.exporter.clone();
+    tokio::task::spawn_blocking(move || exporter.stream(|chunk| tx.blocking_send(chunk).is_ok()));
+    // Fused: the compression layer may poll again after the end.
+    let chunks =
+        futures_util::StreamExt::fuse(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
+        }));
+    (
+        [(header::CONTENT_TYPE, Exporter::content_type())],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response()
 }
 
 async fn ready(Extract(web): Extract<Arc<Web>>) -> Response {

@@ -554,6 +554,59 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// The few samples of a pool that the burn over each window ending at `now_ms` reads: for
+    /// each window start, the last sample before it and the first at or after it, plus the last
+    /// sample at or before `now_ms`. Oldest first, without duplicates.
+    ///
+    /// [`crate::forecast::burn_rate`] gives the same answer from these as from every sample since
+    /// the longest window's start ([`Store::points`]): it only ever reads the samples around a
+    /// window's start and the last one. Each lookup is one step down the primary key, so a poll
+    /// costs the same however much history a pool holds.
+    pub fn window_points(
+        &self,
+        account: &str,
+        id: &PoolId,
+        now_ms: i64,
+        window_starts_ms: &[i64],
+    ) -> Result<Vec<Point>, StoreError> {
+        let conn = self.conn();
+        let point = |r: &rusqlite::Row<'_>| {
+            Ok(Point {
+                t: r.get::<_, i64>(0)? as f64 / 1000.0,
+                consumed: r.get(1)?,
+            })
+        };
+        let mut before = conn
+            .prepare_cached(
+                "SELECT ts_ms, consumed FROM samples
+                 WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms < ?4
+                 ORDER BY ts_ms DESC LIMIT 1",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut at_or_after = conn
+            .prepare_cached(
+                "SELECT ts_ms, consumed FROM samples
+                 WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms >= ?4
+                 ORDER BY ts_ms LIMIT 1",
+            )
+            .map_err(|e| self.err(e))?;
+        let find = |stmt: &mut rusqlite::CachedStatement<'_>, ts: i64| {
+            stmt.query_row(params![account, id.pool, id.key, ts], point)
+                .optional()
+                .map_err(|e| self.err(e))
+        };
+        let mut out = Vec::with_capacity(2 * window_starts_ms.len() + 1);
+        // The last sample at or before now is the last one before now + 1 ms.
+        out.extend(find(&mut before, now_ms.saturating_add(1))?);
+        for &from in window_starts_ms {
+            out.extend(find(&mut before, from)?);
+            out.extend(find(&mut at_or_after, from)?);
+        }
+        out.sort_by(|a, b| a.t.total_cmp(&b.t));
+        out.dedup_by(|a, b| a.t == b.t);
+        Ok(out)
+    }
+
     /// A pool's `remaining` over `[since_ms, until_ms]` as `(ts_ms, remaining)`, oldest first, for
     /// the status page chart. At most `max_points` points: the window is cut into that many equal
     /// buckets and each keeps its latest sample, so the answer stays small however often the
@@ -1236,6 +1289,37 @@ mod tests {
             .collect();
         assert_eq!(t, vec![1.0, 2.0, 3.0, 4.0]);
         assert!(s.points("b", &ai(), 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn window_points_give_the_burn_of_the_whole_history() {
+        let s = Store::in_memory();
+        // Irregular polls with a gap, and one sample after "now" (a clock that stepped back).
+        let mut t = 0i64;
+        let mut c = 0.0;
+        for i in 0..400i64 {
+            t += 1_000 + (i * 7_919) % 5_000 + if i == 200 { 600_000 } else { 0 };
+            c += ((i * 31) % 11) as f64;
+            s.record("a", &[row(t, c)]).unwrap();
+        }
+        let last = t;
+        let windows = [60_000i64, 300_000, 3_600_000, 10_000_000];
+        for now in [last, last - 1, last - 250_000, last / 2, 5_000, 1, 0] {
+            let all = s.points("a", &ai(), i64::MIN).unwrap();
+            let starts: Vec<i64> = windows.iter().map(|w| now - w).collect();
+            let few = s.window_points("a", &ai(), now, &starts).unwrap();
+            assert!(few.len() <= 2 * windows.len() + 1);
+            assert!(few.windows(2).all(|p| p[0].t < p[1].t), "{few:?}");
+            for w in windows {
+                let (w, n) = (w as f64 / 1000.0, now as f64 / 1000.0);
+                assert_eq!(
+                    crate::forecast::burn_rate(&few, w, n),
+                    crate::forecast::burn_rate(&all, w, n),
+                    "window {w} s at {n} s"
+                );
+            }
+        }
+        assert!(s.window_points("b", &ai(), last, &[0]).unwrap().is_empty());
     }
 
     #[test]

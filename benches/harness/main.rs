@@ -259,12 +259,7 @@ fn workload_for(args: &RunArgs, accounts: usize, keys: usize) -> Workload {
     }
 }
 
-async fn scenario(
-    args: &RunArgs,
-    up: &upstream::Upstream,
-    label: String,
-    wl: Workload,
-) -> Outcome {
+async fn scenario(args: &RunArgs, up: &upstream::Upstream, label: String, wl: Workload) -> Outcome {
     eprintln!("== {label}: interval {:?}", wl.interval);
     let dir = args.dir.join(label.replace([' ', '(', ')', ','], ""));
     std::fs::create_dir_all(&dir).expect("the scenario directory is created");
@@ -421,7 +416,10 @@ async fn run_baseline(
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if line.contains("round 1 complete") {
                 let _ = tx.send(Instant::now());
             }
@@ -497,7 +495,9 @@ async fn measure_exporter(
             }
         }
     };
-    let first = up.first_request().ok_or("no request reached the upstream")?;
+    let first = up
+        .first_request()
+        .ok_or("no request reached the upstream")?;
     f.startup = Some(first.saturating_duration_since(proc_.started));
     f.round = Some(ready_at.saturating_duration_since(first));
     eprintln!(
@@ -524,7 +524,11 @@ async fn measure_exporter(
         }
         _ => None,
     };
-    let (c0, p0, t0) = (measure::cpu_seconds(proc_.pid()), up.polls(), Instant::now());
+    let (c0, p0, t0) = (
+        measure::cpu_seconds(proc_.pid()),
+        up.polls(),
+        Instant::now(),
+    );
     tokio::time::sleep(window).await;
     if let Some(mut p) = perf {
         let _ = p.wait();

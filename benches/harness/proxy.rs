@@ -92,7 +92,14 @@ billing_anchor = "2026-01-01"
     .await?;
     let (threads, connections) = (2, 16);
     let url = |p: u16| format!("http://127.0.0.1:{p}/v1/chat/completions");
-    let direct = wrk(&script, &url(up.addr.port()), threads, connections, duration).await?;
+    let direct = wrk(
+        &script,
+        &url(up.addr.port()),
+        threads,
+        connections,
+        duration,
+    )
+    .await?;
     let cpu0 = measure::cpu_seconds(proc_.pid());
     let proxied = wrk(&script, &url(proxy_port), threads, connections, duration).await?;
     let cpu = measure::cpu_seconds(proc_.pid()) - cpu0;

@@ -35,7 +35,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -141,7 +141,13 @@ pub fn render(
                 };
                 let store = f
                     .store
-                    .map(|st| format!("{} ({} samples)", bytes(st.bytes), thousands(st.samples as u64)))
+                    .map(|st| {
+                        format!(
+                            "{} ({} samples)",
+                            bytes(st.bytes),
+                            thousands(st.samples as u64)
+                        )
+                    })
                     .unwrap_or_default();
                 let _ = writeln!(
                     s,
@@ -159,7 +165,10 @@ pub fn render(
                 if let Some(r) = f.round {
                     let x = r.as_secs_f64() / o.limit().as_secs_f64();
                     targets.push(Target {
-                        what: format!("{}: poll round within 1.2× the latency-bound limit", o.label),
+                        what: format!(
+                            "{}: poll round within 1.2× the latency-bound limit",
+                            o.label
+                        ),
                         measured: format!("{} vs {} ({x:.2}×)", dur(r), dur(o.limit())),
                         held: Some(x <= 1.2),
                     });
@@ -168,7 +177,11 @@ pub fn render(
                     targets.push(Target {
                         what: format!("{}: gzip when asked", o.label),
                         measured: if g.gzip {
-                            format!("gzip, {} for {}", bytes(g.bytes as u64), bytes(f.plain.map(|p| p.bytes).unwrap_or(0) as u64))
+                            format!(
+                                "gzip, {} for {}",
+                                bytes(g.bytes as u64),
+                                bytes(f.plain.map(|p| p.bytes).unwrap_or(0) as u64)
+                            )
                         } else {
                             "not compressed".into()
                         },
@@ -186,7 +199,12 @@ pub fn render(
                 }
             }
             Err(e) => {
-                let _ = writeln!(s, "| {} | failed: {} |||||||| ", o.label, e.replace('\n', " "));
+                let _ = writeln!(
+                    s,
+                    "| {} | failed: {} |||||||| ",
+                    o.label,
+                    e.replace('\n', " ")
+                );
             }
         }
     }
@@ -202,7 +220,10 @@ beforehand by simulating {} of 5-minute polls through the daemon's own ingest an
     );
 
     if outcomes.iter().any(|o| o.baseline.is_some()) {
-        let _ = writeln!(s, "#### Against the Python baseline (same upstream, same run)\n");
+        let _ = writeln!(
+            s,
+            "#### Against the Python baseline (same upstream, same run)\n"
+        );
         let _ = writeln!(
             s,
             "| scenario | CPU per poll: creditwatch / baseline | peak RSS | `/metrics` | p50 / p99, 4 scrapers | poll round | series |"
@@ -215,7 +236,12 @@ beforehand by simulating {} of 5-minute polls through the daemon's own ingest an
             let b = match b {
                 Ok(b) => b,
                 Err(e) => {
-                    let _ = writeln!(s, "| {} | baseline failed: {} ||||||", o.label, e.replace('\n', " "));
+                    let _ = writeln!(
+                        s,
+                        "| {} | baseline failed: {} ||||||",
+                        o.label,
+                        e.replace('\n', " ")
+                    );
                     continue;
                 }
             };
@@ -244,7 +270,10 @@ beforehand by simulating {} of 5-minute polls through the daemon's own ingest an
                 thousands(b.series as u64),
             );
             targets.push(Target {
-                what: format!("{}: at least 20× less CPU per poll than the baseline", o.label),
+                what: format!(
+                    "{}: at least 20× less CPU per poll than the baseline",
+                    o.label
+                ),
                 measured: ratio(cc, bc),
                 held: (cc > 0.0 && bc > 0.0).then(|| bc / cc >= 20.0),
             });
@@ -301,7 +330,10 @@ rates or forecasts, so it exports fewer series.\n"
                     "#### A simulated week: {} accounts, 5-minute polls\n",
                     thousands(*accounts as u64)
                 );
-                let _ = writeln!(s, "| day | samples | store | RSS | `/metrics` render | exposition |");
+                let _ = writeln!(
+                    s,
+                    "| day | samples | store | RSS | `/metrics` render | exposition |"
+                );
                 let _ = writeln!(s, "|--:|--:|--:|--:|--:|--:|");
                 for d in days {
                     let _ = writeln!(
@@ -371,10 +403,23 @@ rates or forecasts, so it exports fewer series.\n"
         let _ = writeln!(s, "#### (c) The fluxrouter proxy under `wrk`\n");
         match proxy {
             Ok(p) => {
-                let _ = writeln!(s, "| `wrk -t{} -c{}` | p50 | p99 | requests/s |", p.threads, p.connections);
+                let _ = writeln!(
+                    s,
+                    "| `wrk -t{} -c{}` | p50 | p99 | requests/s |",
+                    p.threads, p.connections
+                );
                 let _ = writeln!(s, "|---|--:|--:|--:|");
-                for (name, w) in [("direct to the upstream", &p.direct), ("through the proxy", &p.proxied)] {
-                    let _ = writeln!(s, "| {name} | {} | {} | {:.0} |", dur(w.p50), dur(w.p99), w.rps);
+                for (name, w) in [
+                    ("direct to the upstream", &p.direct),
+                    ("through the proxy", &p.proxied),
+                ] {
+                    let _ = writeln!(
+                        s,
+                        "| {name} | {} | {} | {:.0} |",
+                        dur(w.p50),
+                        dur(w.p99),
+                        w.rps
+                    );
                 }
                 let _ = writeln!(
                     s,

@@ -213,7 +213,9 @@ pub fn fluximage(index: usize, now: DateTime<Utc>) -> String {
     let ai_burn = ai_monthly * share * elapsed / 720.0;
     let ai_used = ai_burn.min(ai_monthly).floor();
     let topup_held: f64 = 50.0 * (index % 4) as f64;
-    let topup = (topup_held - (ai_burn - ai_monthly).max(0.0)).max(0.0).floor();
+    let topup = (topup_held - (ai_burn - ai_monthly).max(0.0))
+        .max(0.0)
+        .floor();
     let ai_remaining = ai_monthly - ai_used + topup;
     let comp_used = (comp_limit.min(400.0) * share * elapsed / 720.0)
         .floor()
@@ -258,7 +260,7 @@ fn key_entry(out: &mut String, index: usize, j: usize, now: DateTime<Utc>, since
     let spent = rate * since;
     let requests = (spent * 100.0) as u64;
     let id = format!("{index:08x}-5e7c-4a1b-9f3d-{j:012x}");
-    let expires = if j % 5 == 0 {
+    let expires = if j.is_multiple_of(5) {
         r#""2027-06-01T00:00:00.000Z""#
     } else {
         "null"
@@ -329,4 +331,3 @@ pub fn floow(index: usize, now: DateTime<Utc>, days: i64) -> String {
         (figma / 10.0).floor(),
     )
 }
-

@@ -17,7 +17,6 @@ use crate::state::State as AppState;
 use crate::store::{AlertRow, Store};
 use config::AlertingConfig;
 use notify::{ALERTMANAGER_RESEND, AlertSnapshot, Worker};
-use prometheus::core::Collector;
 use rules::{AlertName, Samples};
 use state::{Alert, Phase, Tracker};
 use std::sync::Arc;
@@ -146,7 +145,7 @@ async fn evaluate_loop(
             _ = tick.tick() => {}
         }
         let now = deps.clock.now();
-        let samples = Samples::from_families(&exporter.collect());
+        let samples = Samples::from_exposition(&exporter.render());
         let ev = rules::evaluate(
             &samples,
             now.timestamp_millis() as f64 / 1000.0,

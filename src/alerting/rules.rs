@@ -6,7 +6,6 @@
 
 use super::config::RuleConfig;
 use chrono::{DateTime, Utc};
-use prometheus::proto::MetricFamily;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -123,6 +122,39 @@ impl AlertName {
 type PoolKey = (String, String, String, String);
 type AccountKey = (String, String);
 
+/// One sample line of the text format: `name{k="v",...} value`, label values unescaped.
+pub(crate) fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
+    // The value is the last field and holds no space; label values may.
+    let (series, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let Some(open) = series.find('{') else {
+        return Some((series, Labels::new(), value));
+    };
+    let name = &series[..open];
+    let mut labels = Labels::new();
+    let mut rest = series[open + 1..].strip_suffix('}')?;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"")?;
+        let mut v = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => v.push('\n'),
+                    c => v.push(c),
+                },
+                (i, '"') => break i,
+                (_, c) => v.push(c),
+            }
+        };
+        labels.insert(key.to_string(), v);
+        rest = after[end + 1..]
+            .strip_prefix(',')
+            .unwrap_or(&after[end + 1..]);
+    }
+    Some((name, labels, value))
+}
+
 /// The exporter's series, indexed for lookups by pool, account and key.
 #[derive(Debug, Default)]
 pub struct Samples {
@@ -134,23 +166,20 @@ fn get(l: &Labels, k: &str) -> String {
 }
 
 impl Samples {
-    pub fn from_families(families: &[MetricFamily]) -> Samples {
+    /// Reads the series of an exposition in the text format, as Prometheus would scrape them.
+    /// Comment lines are skipped; a line that does not parse is skipped too (the exporter never
+    /// writes one).
+    pub fn from_exposition(text: &str) -> Samples {
         let mut by_name: HashMap<String, Vec<(Labels, f64)>> = HashMap::new();
-        for f in families {
-            let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
-            let v = by_name.entry(f.name().to_string()).or_default();
-            for m in f.get_metric() {
-                let labels: Labels = m
-                    .get_label()
-                    .iter()
-                    .map(|l| (l.name().to_string(), l.value().to_string()))
-                    .collect();
-                let value = if counter {
-                    m.get_counter().get_value()
-                } else {
-                    m.get_gauge().get_value()
-                };
-                v.push((labels, value));
+        for line in text.lines() {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some((name, labels, value)) = parse_sample(line) {
+                by_name
+                    .entry(name.to_string())
+                    .or_default()
+                    .push((labels, value));
             }
         }
         Samples { by_name }
