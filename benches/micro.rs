@@ -1,1 +1,156 @@
-fn main() {}
+//! Micro-benchmarks of the per-poll and per-scrape paths: rendering `/metrics`, ingesting a reading, parsing bodies.
+//!
+//! `cargo bench --bench micro` measures; `cargo test --all-targets` runs each once as a test.
+//! The scale benchmark (`scripts/bench`) measures the same paths end to end in the release
+//! binary; these isolate them for profiling (`cargo bench --bench micro -- --profile-time 10`).
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use creditwatch::config::{AccountConfig, Config};
+use creditwatch::metrics::Exporter;
+use creditwatch::poller::ingest;
+use creditwatch::providers::{ProviderSettings, floow, fluximage, imagerouter};
+use creditwatch::state::State;
+use creditwatch::store::Store;
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::path::Path;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap()
+}
+
+/// Accounts of each provider, as `scripts/bench` generates them.
+fn accounts(n: usize) -> Vec<AccountConfig> {
+    let mut text = String::new();
+    for i in 0..n {
+        let provider = ["fluximage", "imagerouter", "floow"][i % 3];
+        text.push_str(&format!(
+            "[[account]]\nname = \"acct-{i:05}\"\nprovider = \"{provider}\"\napi_key = \"k\"\n"
+        ));
+        match provider {
+            "fluximage" => text.push_str("billing_anchor = \"2026-01-15\"\n"),
+            "floow" => text.push_str("billing_anchor = \"2026-01-15\"\nmonthly_allowance = 3000\n"),
+            _ => {}
+        }
+    }
+    let (config, _) = Config::parse(&text, Path::new("bench.toml"), Path::new("."), &|_| None)
+        .expect("the generated config is valid");
+    config.accounts
+}
+
+fn fluximage_body(used: u64) -> String {
+    format!(
+        r#"{{"plan":"starter","compressor_used":{used},"compressor_limit":200,"ia_credits_used":{used},"ia_credits_monthly":200,"ia_topup_credits":50,"ia_credits_remaining":{},"canCompress":true,"canUseIA":true}}"#,
+        250 - used
+    )
+}
+
+fn imagerouter_body(keys: usize, spent: f64) -> String {
+    let list: Vec<String> = (0..keys)
+        .map(|j| {
+            format!(
+                r#"{{"api_key_id":"id-{j}","api_key_name":"key-{j}","credit_usage":"{spent:.4}","total_requests":{j},"created_at":null,"is_active":true,"spend_limit":"5.0000","spend_limit_period":"day","period_spend":"{:.4}","period_start":"2026-11-20T00:00:00.000Z","expires_at":null}}"#,
+                spent.min(5.0)
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"remaining_credits":"{:.4}","credit_usage":"{spent:.4}","total_deposits":"100.0000","usage_by_api_key":[{}]}}"#,
+        100.0 - spent,
+        list.join(",")
+    )
+}
+
+fn floow_body(now: DateTime<Utc>) -> String {
+    let days: Vec<String> = (0..31)
+        .map(|k| {
+            let d = now.date_naive() - Duration::days(30 - k);
+            format!(r#"{{"date":"{d}","calls":5,"credits":50}}"#)
+        })
+        .collect();
+    format!(
+        r#"{{"period":{{"start":"2026-10-21T00:00:00.000Z","end":"2026-11-20T12:00:00.000Z","days":31}},"summary":{{"totalCalls":155,"totalCredits":1550,"byEndpoint":{{"image_to_html":{{"calls":100,"credits":1000,"label":"Image → HTML"}},"code_export":{{"calls":55,"credits":550,"label":"Export Code"}}}}}},"daily":[{}]}}"#,
+        days.join(",")
+    )
+}
+
+/// One poll's reading of `account` at `now`, with consumption growing by the minute.
+fn reading(account: &AccountConfig, now: DateTime<Utc>) -> creditwatch::providers::Reading {
+    let minutes = ((now - t0()).num_minutes() / 5).clamp(0, 200) as u64;
+    match &account.provider {
+        ProviderSettings::Fluximage(_) => fluximage::parse(
+            fluximage_body(minutes).as_bytes(),
+            account.billing_anchor.unwrap(),
+        ),
+        ProviderSettings::Imagerouter(s) => imagerouter::parse(
+            imagerouter_body(2, minutes as f64 / 100.0).as_bytes(),
+            now,
+            s.per_key,
+        ),
+        ProviderSettings::Floow(s) => floow::parse(
+            floow_body(now).as_bytes(),
+            now,
+            account.billing_anchor.unwrap(),
+            s.monthly_allowance,
+        ),
+        _ => unreachable!(),
+    }
+    .expect("the body parses")
+}
+
+fn render(c: &mut Criterion) {
+    let accounts = accounts(1000);
+    let store = Store::in_memory();
+    let state = State::new();
+    for a in &accounts {
+        state.add_account(&a.name, a.provider.name(), false);
+    }
+    for step in 0..2 {
+        let now = t0() + Duration::minutes(5 * step);
+        for a in &accounts {
+            let (snap, _) = ingest(&store, a, reading(a, now), now);
+            state.record_success(&a.name, 0.05, snap);
+        }
+    }
+    let exporter = Exporter::new(state);
+    c.bench_function("metrics/render/1000_accounts", |b| {
+        b.iter(|| black_box(exporter.render().len()))
+    });
+}
+
+fn poll(c: &mut Criterion) {
+    // A day of 5-minute history for one account of each provider, then one more poll each.
+    let accounts = accounts(3);
+    let store = Store::in_memory();
+    let mut now = t0();
+    for _ in 0..288 {
+        now += Duration::minutes(5);
+        for a in &accounts {
+            let _ = ingest(&store, a, reading(a, now), now);
+        }
+    }
+    for a in &accounts {
+        let r = reading(a, now);
+        let name = format!("poll/ingest/{}", a.provider.name());
+        let mut t = now;
+        c.bench_function(&name, |b| {
+            b.iter(|| {
+                t += Duration::seconds(1);
+                black_box(ingest(&store, a, r.clone(), t))
+            })
+        });
+    }
+    let body = imagerouter_body(10_000, 1.0);
+    c.bench_function("parse/imagerouter/10000_keys", |b| {
+        b.iter(|| black_box(imagerouter::parse(body.as_bytes(), now, true).unwrap()))
+    });
+    let body = floow_body(now);
+    c.bench_function("parse/floow/31_days", |b| {
+        b.iter(|| {
+            black_box(floow::parse(body.as_bytes(), now, t0().date_naive(), Some(3000.0)).unwrap())
+        })
+    });
+}
+
+criterion_group!(benches, render, poll);
+criterion_main!(benches);

@@ -81,10 +81,21 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Threads of the blocking pool: store work (ingests, maintenance, the status page's history)
+/// and `/metrics` rendering.
+const BLOCKING_THREADS: usize = 4;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    // A few blocking threads are enough: ingests queue for the one store connection anyway,
+    // and every extra thread that waits for it costs a wake-up and, with glibc, a malloc arena
+    // that keeps the memory of the scrapes and ingests it ran.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("creditwatch: cannot start the async runtime: {e}");

@@ -121,6 +121,8 @@ pub struct Figures {
     pub round: Option<Duration>,
     pub usage: Usage,
     pub peak_rss: u64,
+    /// Peak RSS before any scrape: what polling alone needs.
+    pub polling_rss: u64,
     pub plain: Option<Scrape>,
     pub gzip: Option<Scrape>,
     /// Series in the exposition.
@@ -513,7 +515,7 @@ async fn measure_exporter(
             let _ = std::fs::create_dir_all(dir);
             let out = dir.join(format!("{name}.perf.data"));
             Command::new("perf")
-                .args(["record", "-F", "499", "-g", "-o"])
+                .args(["record", "-F", "199", "--call-graph", "dwarf,32768", "-o"])
                 .arg(&out)
                 .args(["-p", &proc_.pid().to_string(), "--", "sleep"])
                 .arg(window.as_secs().to_string())
@@ -538,9 +540,13 @@ async fn measure_exporter(
         polls: up.polls() - p0,
         wall: t0.elapsed(),
     };
+    f.polling_rss = measure::status_bytes(proc_.pid(), "VmHWM");
     eprintln!(
-        "   {} polls, {:.3}s CPU in {:.1?}",
-        f.usage.polls, f.usage.cpu_seconds, f.usage.wall
+        "   {} polls, {:.3}s CPU in {:.1?}; peak RSS so far {} MiB",
+        f.usage.polls,
+        f.usage.cpu_seconds,
+        f.usage.wall,
+        f.polling_rss >> 20
     );
 
     // Render time and size: the median of a few sequential scrapes.

@@ -15,16 +15,23 @@ pub struct Wrk {
     pub requests: u64,
 }
 
-/// The proxy's figures.
+/// One load level: `wrk` directly against the upstream and through the proxy.
 #[derive(Debug, Clone)]
-pub struct ProxyFigures {
+pub struct Level {
+    pub threads: u32,
+    pub connections: u32,
     pub direct: Wrk,
     pub proxied: Wrk,
+}
+
+/// The proxy's figures: one connection (the added latency) and 16 (throughput), as
+/// `scripts/bench-proxy` measures them.
+#[derive(Debug, Clone)]
+pub struct ProxyFigures {
+    pub levels: Vec<Level>,
     /// The daemon's CPU time per proxied request.
     pub cpu_per_request: f64,
     pub peak_rss: u64,
-    pub connections: u32,
-    pub threads: u32,
 }
 
 /// A chat completion request, as an application would send it.
@@ -90,28 +97,35 @@ billing_anchor = "2026-01-01"
         &mut proc_,
     )
     .await?;
-    let (threads, connections) = (2, 16);
     let url = |p: u16| format!("http://127.0.0.1:{p}/v1/chat/completions");
-    let direct = wrk(
-        &script,
-        &url(up.addr.port()),
-        threads,
-        connections,
-        duration,
-    )
-    .await?;
-    let cpu0 = measure::cpu_seconds(proc_.pid());
-    let proxied = wrk(&script, &url(proxy_port), threads, connections, duration).await?;
-    let cpu = measure::cpu_seconds(proc_.pid()) - cpu0;
+    let mut levels = Vec::new();
+    let (mut cpu, mut proxied_requests) = (0.0, 0);
+    for (threads, connections) in [(1, 1), (2, 16)] {
+        let direct = wrk(
+            &script,
+            &url(up.addr.port()),
+            threads,
+            connections,
+            duration,
+        )
+        .await?;
+        let cpu0 = measure::cpu_seconds(proc_.pid());
+        let proxied = wrk(&script, &url(proxy_port), threads, connections, duration).await?;
+        cpu += measure::cpu_seconds(proc_.pid()) - cpu0;
+        proxied_requests += proxied.requests;
+        levels.push(Level {
+            threads,
+            connections,
+            direct,
+            proxied,
+        });
+    }
     let peak_rss = measure::status_bytes(proc_.pid(), "VmHWM");
     proc_.stop();
     Ok(ProxyFigures {
-        direct,
-        proxied,
-        cpu_per_request: cpu / proxied.requests.max(1) as f64,
+        levels,
+        cpu_per_request: cpu / proxied_requests.max(1) as f64,
         peak_rss,
-        connections,
-        threads,
     })
 }
 

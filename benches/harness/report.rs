@@ -405,34 +405,41 @@ rates or forecasts, so it exports fewer series.\n"
             Ok(p) => {
                 let _ = writeln!(
                     s,
-                    "| `wrk -t{} -c{}` | p50 | p99 | requests/s |",
-                    p.threads, p.connections
+                    "| path | wrk threads, connections | p50 | p99 | requests/s |"
                 );
-                let _ = writeln!(s, "|---|--:|--:|--:|");
-                for (name, w) in [
-                    ("direct to the upstream", &p.direct),
-                    ("through the proxy", &p.proxied),
-                ] {
+                let _ = writeln!(s, "|---|--:|--:|--:|--:|");
+                for l in &p.levels {
+                    for (name, w) in [
+                        ("direct to the upstream", &l.direct),
+                        ("through the proxy", &l.proxied),
+                    ] {
+                        let _ = writeln!(
+                            s,
+                            "| {name} | {}, {} | {} | {} | {:.0} |",
+                            l.threads,
+                            l.connections,
+                            dur(w.p50),
+                            dur(w.p99),
+                            w.rps
+                        );
+                    }
                     let _ = writeln!(
                         s,
-                        "| {name} | {} | {} | {:.0} |",
-                        dur(w.p50),
-                        dur(w.p99),
-                        w.rps
+                        "| added by the proxy | {}, {} | +{} | +{} | {:+.0}% |",
+                        l.threads,
+                        l.connections,
+                        dur(l.proxied.p50.saturating_sub(l.direct.p50)),
+                        dur(l.proxied.p99.saturating_sub(l.direct.p99)),
+                        (l.proxied.rps / l.direct.rps - 1.0) * 100.0
                     );
                 }
                 let _ = writeln!(
                     s,
-                    "| added by the proxy | +{} | +{} | {:+.0}% |",
-                    dur(p.proxied.p50.saturating_sub(p.direct.p50)),
-                    dur(p.proxied.p99.saturating_sub(p.direct.p99)),
-                    (p.proxied.rps / p.direct.rps - 1.0) * 100.0
-                );
-                let _ = writeln!(
-                    s,
-                    "\nThe upstream answers at once (no added latency) with a priced response, so the difference is \
-the proxy's own cost: forwarding, reading `X-Flux-Cost-Usd` and booking it. The daemon used {} of CPU per \
-proxied request; peak RSS {}. `wrk`, the upstream and the proxy share the same 2 cores.\n",
+                    "\n`wrk -t1 -c1` and `wrk -t2 -c16`, {} each, a POST of a small chat request. The upstream \
+answers at once with a priced response, so the difference is the proxy's own cost: forwarding, reading \
+`X-Flux-Cost-Usd` and committing it to the ledger before the response is released. The daemon used {} of CPU \
+per proxied request; peak RSS {}. `wrk`, the upstream and the proxy share the same 2 cores.\n",
+                    humantime::format_duration(args.wrk_for),
                     secs(p.cpu_per_request),
                     bytes(p.peak_rss)
                 );

@@ -367,7 +367,8 @@ pub fn parse_decimal(field: &str, s: &str) -> Result<Decimal, PollError> {
         return Err(bad("not a decimal number"));
     }
     let d = Decimal::from_str_exact(s).map_err(|_| bad("out of range"))?;
-    checked_amount(field, decimal_to_f64(d))?;
+    // A plain decimal's text parses (correctly rounded) to the same f64 as the decimal's.
+    checked_amount(field, s.parse().map_err(|_| bad("not a decimal number"))?)?;
     Ok(d)
 }
 
@@ -395,6 +396,11 @@ pub fn decimal_to_f64(d: Decimal) -> f64 {
 /// Deeply nested JSON cannot exhaust the stack: fields the target type does not use are skipped
 /// without recursion, and serde_json refuses more than 128 levels where it does recurse.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, PollError> {
+    // Tracking the path costs as much as the parse itself: only a body that fails is parsed
+    // again to name the field.
+    if let Ok(v) = serde_json::from_slice(body) {
+        return Ok(v);
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -480,14 +486,17 @@ impl Reading {
         self.plan = self.plan.as_deref().map(label_value);
         let mut seen = std::collections::BTreeSet::new();
         for p in &mut self.pools {
-            let what = if p.key.is_empty() {
-                format!("pool `{}`", label_value(&p.pool))
-            } else {
-                format!(
-                    "pool `{}` key `{}`",
-                    label_value(&p.pool),
-                    label_value(&p.key)
-                )
+            // Named only when something is wrong: a reading may hold thousands of pools.
+            let what = || {
+                if p.key.is_empty() {
+                    format!("pool `{}`", label_value(&p.pool))
+                } else {
+                    format!(
+                        "pool `{}` key `{}`",
+                        label_value(&p.pool),
+                        label_value(&p.key)
+                    )
+                }
             };
             for (field, v) in [
                 ("used", p.used),
@@ -498,7 +507,7 @@ impl Reading {
                 if let Some(v) = v
                     && !plausible(v)
                 {
-                    return Err(bad(what, field, v));
+                    return Err(bad(what(), field, v));
                 }
             }
             p.pool = label_value(&p.pool);
@@ -506,22 +515,22 @@ impl Reading {
         }
         let mut seen = std::collections::BTreeSet::new();
         for k in &mut self.keys {
-            let what = format!("key `{}`", label_value(&k.key));
+            let what = || format!("key `{}`", label_value(&k.key));
             for (field, v) in [("requests", Some(k.requests)), ("spent", k.spent_usd)] {
                 if let Some(v) = v
                     && !plausible(v)
                 {
-                    return Err(bad(what, field, v));
+                    return Err(bad(what(), field, v));
                 }
             }
             k.key = unique(&mut seen, "", label_value(&k.key));
         }
         let mut seen = std::collections::BTreeSet::new();
         for e in &mut self.endpoints {
-            let what = format!("endpoint `{}`", label_value(&e.endpoint));
+            let what = || format!("endpoint `{}`", label_value(&e.endpoint));
             for (field, v) in [("calls", e.calls), ("credits", e.credits)] {
                 if !plausible(v) {
-                    return Err(bad(what, field, v));
+                    return Err(bad(what(), field, v));
                 }
             }
             e.endpoint = label_value(&e.endpoint);
@@ -529,7 +538,7 @@ impl Reading {
         }
         for h in &self.history {
             for s in &h.samples {
-                let what = format!("history of pool `{}`", label_value(&h.pool));
+                let what = || format!("history of pool `{}`", label_value(&h.pool));
                 for (field, v) in [
                     ("consumed", Some(s.consumed_after)),
                     ("used", s.used),
@@ -539,7 +548,7 @@ impl Reading {
                     if let Some(v) = v
                         && !plausible(v)
                     {
-                        return Err(bad(what, field, v));
+                        return Err(bad(what(), field, v));
                     }
                 }
             }
