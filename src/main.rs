@@ -168,19 +168,20 @@ async fn real_main(command: Command) -> anyhow::Result<ExitCode> {
                 .context("cannot start the demo")?;
             let base = format!("http://{}", demo.running.addr);
             println!("creditwatch demo is running against simulated providers:");
-            for s in &demo.servers {
-                println!("  simulator       {}", s.url());
+            let line = |what: &str, url: &str| println!("  {what:<32} {url}");
+            for (provider, s) in &demo.servers {
+                line(&format!("{provider} simulator"), &s.url());
             }
             for (name, p) in demo.running.state.proxies() {
-                println!(
-                    "  proxy           http://{} ({name}: point OpenAI-compatible clients here)",
-                    p.addr
+                line(
+                    &format!("{name} proxy"),
+                    &format!("http://{} (point OpenAI-compatible clients here)", p.addr),
                 );
             }
             println!("Open:");
-            println!("  status page     {base}/");
-            println!("  metrics         {base}/metrics");
-            println!("  readiness       {base}/-/ready");
+            line("status page", &format!("{base}/"));
+            line("metrics", &format!("{base}/metrics"));
+            line("readiness", &format!("{base}/-/ready"));
             println!("Press Ctrl-C to stop.");
             let servers = demo.servers;
             serve_until_signal(demo.running, signals).await;

@@ -100,7 +100,8 @@ pub struct Demo {
     pub fluxrouter: Arc<fluxrouter::Simulator>,
     /// Requests sent through the fluxrouter proxy so its spend moves.
     pub traffic: fluxrouter::Traffic,
-    pub servers: Vec<SimServer>,
+    /// Each simulator's HTTP server, with the provider it simulates.
+    pub servers: Vec<(&'static str, SimServer)>,
 }
 
 /// The demo's fluxrouter account: a proxy in front of the simulator, with an allowance that
@@ -304,11 +305,11 @@ billing_anchor = "2026-01-01"
         fluxrouter: fluxrouter_sim,
         traffic,
         servers: vec![
-            flux_server,
-            router_server,
-            floow_server,
-            openrouter_server,
-            fluxrouter_server,
+            ("fluximage", flux_server),
+            ("imagerouter", router_server),
+            ("floow", floow_server),
+            ("http_json (OpenRouter)", openrouter_server),
+            ("fluxrouter upstream", fluxrouter_server),
         ],
     })
 }

@@ -36,58 +36,45 @@ impl Schedule {
     pub fn period_at(&self, now: DateTime<Utc>) -> Option<Period> {
         match *self {
             Schedule::Never => None,
-            Schedule::Monthly { anchor } => {
-                let start_of = |k: i64| midnight(add_months_clamped(anchor, k));
-                let mut k = months_between(anchor, now.date_naive());
-                while start_of(k) > now {
-                    k -= 1;
-                }
-                while start_of(k + 1) <= now {
-                    k += 1;
-                }
+            Schedule::Monthly { anchor } => Some(monthly_period(midnight(anchor), now)),
+            Schedule::Rolling { start, every } => {
+                let len = match every {
+                    Every::Day => ChronoDuration::days(1),
+                    Every::Week => ChronoDuration::weeks(1),
+                    Every::Month => return Some(monthly_period(start, now)),
+                };
+                // Whole windows elapsed since `start`, rounded down (negative before it).
+                let n = (now - start)
+                    .num_milliseconds()
+                    .div_euclid(len.num_milliseconds());
+                let s = start + len * (n as i32);
                 Some(Period {
-                    start: start_of(k),
-                    end: start_of(k + 1),
+                    start: s,
+                    end: s + len,
                 })
             }
-            Schedule::Rolling { start, every } => {
-                let fixed = match every {
-                    Every::Day => Some(ChronoDuration::days(1)),
-                    Every::Week => Some(ChronoDuration::weeks(1)),
-                    Every::Month => None,
-                };
-                match fixed {
-                    Some(len) => {
-                        // Whole windows elapsed since `start`, rounded down (negative before it).
-                        let n = (now - start)
-                            .num_milliseconds()
-                            .div_euclid(len.num_milliseconds());
-                        let s = start + len * (n as i32);
-                        Some(Period {
-                            start: s,
-                            end: s + len,
-                        })
-                    }
-                    None => {
-                        let at = |k: i64| {
-                            let d = add_months_clamped(start.date_naive(), k);
-                            d.and_time(start.time()).and_utc()
-                        };
-                        let mut k = months_between(start.date_naive(), now.date_naive());
-                        while at(k) > now {
-                            k -= 1;
-                        }
-                        while at(k + 1) <= now {
-                            k += 1;
-                        }
-                        Some(Period {
-                            start: at(k),
-                            end: at(k + 1),
-                        })
-                    }
-                }
-            }
         }
+    }
+}
+
+/// The calendar-month period containing `now` of a schedule that started at `start`: each
+/// period starts on `start`'s day of the month (clamped to shorter months) at `start`'s time.
+fn monthly_period(start: DateTime<Utc>, now: DateTime<Utc>) -> Period {
+    let at = |k: i64| {
+        add_months_clamped(start.date_naive(), k)
+            .and_time(start.time())
+            .and_utc()
+    };
+    let mut k = months_between(start.date_naive(), now.date_naive());
+    while at(k) > now {
+        k -= 1;
+    }
+    while at(k + 1) <= now {
+        k += 1;
+    }
+    Period {
+        start: at(k),
+        end: at(k + 1),
     }
 }
 
