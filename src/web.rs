@@ -262,6 +262,12 @@ impl Auth {
         if known && self.verified.lock().unwrap().contains(&digest) {
             return true;
         }
+        // bcrypt costs tens of milliseconds of CPU by design: a flood of wrong passwords waits
+        // its turn here instead of taking every core from the pollers.
+        static BCRYPT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+        let Ok(_slot) = BCRYPT_SLOTS.acquire().await else {
+            return false;
+        };
         let ok = tokio::task::spawn_blocking(move || {
             bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false)
         })

@@ -2,7 +2,9 @@
 //!
 //! It requires: no non-2xx answer and no socket error from /metrics, resident memory that grows
 //! less than [`RSS_GROWTH_BOUND_KIB`] from the end of the warm-up to the end, and no lost
-//! sample: every poll the upstream answered successfully is in the store, two samples each.
+//! sample: every successful poll is in the store, two samples each, and every successful answer
+//! of the upstream is a successful poll unless it came after the daemon's timeout (which the
+//! daemon then counted as one).
 
 #[path = "it/upstream.rs"]
 #[allow(dead_code)]
@@ -16,7 +18,14 @@ use upstream::{Reply, Upstream, refused_url};
 const ACCOUNTS: usize = 200;
 /// Accounts whose upstream refuses connections; the others get every other fault.
 const REFUSED: usize = 10;
-const SOAK: Duration = Duration::from_secs(60);
+/// How long wrk runs; `CREDITWATCH_SOAK_SECS` makes it longer (the suite uses the default).
+fn soak() -> Duration {
+    let secs = std::env::var("CREDITWATCH_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60u64);
+    Duration::from_secs(secs.max(60))
+}
 const WARM_UP: Duration = Duration::from_secs(10);
 /// The most resident memory may grow between the end of the warm-up and the end of the soak.
 const RSS_GROWTH_BOUND_KIB: u64 = 16 * 1024;
@@ -125,7 +134,8 @@ async fn soak_200_faulty_accounts_under_wrk_for_60_seconds() {
     let log = dir.path().join("log.txt");
     let mut daemon = Killed(
         Command::new(env!("CARGO_BIN_EXE_creditwatch"))
-            .env("RUST_LOG", "error")
+            // The poller's debug line per successful poll is the daemon's own count of them.
+            .env("RUST_LOG", "error,creditwatch::poller=debug")
             .args(["run", "-c"])
             .arg(&cfg_path)
             .stdout(Stdio::null())
@@ -153,7 +163,7 @@ async fn soak_200_faulty_accounts_under_wrk_for_60_seconds() {
         move || {
             Command::new(wrk)
                 .args(["-t2", "-c8", "--latency", "--timeout", "5s"])
-                .arg(format!("-d{}s", SOAK.as_secs()))
+                .arg(format!("-d{}s", soak().as_secs()))
                 .arg(url)
                 .output()
                 .unwrap()
@@ -162,7 +172,7 @@ async fn soak_200_faulty_accounts_under_wrk_for_60_seconds() {
     tokio::time::sleep(WARM_UP).await;
     let (rss_warm, _) = rss_kib(pid);
     let mut rss_samples = vec![(WARM_UP.as_secs(), rss_warm)];
-    while started.elapsed() < SOAK - Duration::from_secs(2) {
+    while started.elapsed() < soak() - Duration::from_secs(2) {
         tokio::time::sleep(Duration::from_secs(10)).await;
         rss_samples.push((started.elapsed().as_secs(), rss_kib(pid).0));
     }
@@ -221,13 +231,38 @@ async fn soak_200_faulty_accounts_under_wrk_for_60_seconds() {
         let (a, n) = row.unwrap();
         stored.insert(a, n);
     }
-    let mut lost = Vec::new();
-    for (name, s) in &seen {
-        let n = stored.get(name).copied().unwrap_or(0);
-        if n != 2 * s.ok as i64 {
-            lost.push(format!("{name}: {} successful answers, {n} samples", s.ok));
+    // The daemon's successful polls, from its log.
+    let mut succeeded: BTreeMap<String, i64> = BTreeMap::new();
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        if line.contains("poll succeeded")
+            && let Some(a) = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("account="))
+        {
+            *succeeded.entry(a.to_string()).or_default() += 1;
         }
     }
+    // Every successful poll is in the store; an answer the upstream sent that is not a
+    // successful poll arrived after the daemon had given up on it, which it counted as a timeout.
+    let mut lost = Vec::new();
+    let mut late = 0;
+    for (name, s) in &seen {
+        let n = stored.get(name).copied().unwrap_or(0);
+        let polls = succeeded.get(name).copied().unwrap_or(0);
+        let timeouts = sum(
+            &exposition,
+            "creditwatch_scrape_errors_total",
+            &format!("account=\"{name}\",reason=\"timeout\""),
+        ) as i64;
+        late += s.ok as i64 - polls;
+        if n != 2 * polls || polls > s.ok as i64 || s.ok as i64 - polls > timeouts {
+            lost.push(format!(
+                "{name}: {} successful answers, {polls} successful polls, {n} samples, {timeouts} timeouts",
+                s.ok
+            ));
+        }
+    }
+    let successful_polls: i64 = succeeded.values().sum();
     let total_samples: i64 = stored.values().sum();
 
     let errors = |reason: &str| {
@@ -249,8 +284,8 @@ async fn soak_200_faulty_accounts_under_wrk_for_60_seconds() {
     .map(|r| (r.to_string(), errors(r)))
     .collect();
     let summary = format!(
-        "soak: {}s of wrk against /metrics; {requests} upstream requests from {} accounts, {ok_answers} successful, {total_samples} samples stored; errors by reason {by_reason:?}; RSS {rss_warm} KiB after warm-up, {rss_end} KiB at the end (growth {} KiB, peak {hwm} KiB, samples {rss_samples:?})\n{wrk_text}",
-        SOAK.as_secs(),
+        "soak: {}s of wrk against /metrics; {requests} upstream requests from {} accounts, {ok_answers} successful answers, {successful_polls} successful polls ({late} answers came after the timeout), {total_samples} samples stored; errors by reason {by_reason:?}; RSS {rss_warm} KiB after warm-up, {rss_end} KiB at the end (growth {} KiB, peak {hwm} KiB, samples {rss_samples:?})\n{wrk_text}",
+        soak().as_secs(),
         ACCOUNTS,
         rss_end as i64 - rss_warm as i64,
     );
