@@ -227,3 +227,37 @@ async fn sighup_reloads_the_real_binary() {
     d.signal("TERM");
     assert_eq!(d.wait_exit(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_the_moment_the_port_opens_still_exits_zero() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    write_key(&key, "flx_live_one");
+    let cfg = dir.path().join("c.toml");
+    for round in 0..5 {
+        let port = free_port();
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nstate_path = \"s.db\"\n{}",
+                account("a", &up.base_url("a"), &key)
+            ),
+        )
+        .unwrap();
+        let mut d = Daemon::start(&cfg, "info");
+        // The first instant the daemon accepts a connection, before its first poll is done.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "round {round}: never listened");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        d.signal("TERM");
+        assert_eq!(d.wait_exit(), Some(0), "round {round}: {}", d.log());
+        assert!(
+            d.log().contains("shutting down"),
+            "round {round}: {}",
+            d.log()
+        );
+    }
+}
