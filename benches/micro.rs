@@ -99,23 +99,42 @@ fn reading(account: &AccountConfig, now: DateTime<Utc>) -> creditwatch::provider
 }
 
 fn render(c: &mut Criterion) {
-    let accounts = accounts(1000);
+    // One account of each provider with a little history, copied to many accounts: rendering
+    // costs the same whatever the values.
+    let accounts = accounts(3);
     let store = Store::in_memory();
-    let state = State::new();
-    for a in &accounts {
-        state.add_account(&a.name, a.provider.name(), false);
-    }
+    let mut snapshots = Vec::new();
     for step in 0..2 {
         let now = t0() + Duration::minutes(5 * step);
-        for a in &accounts {
-            let (snap, _) = ingest(&store, a, reading(a, now), now);
-            state.record_success(&a.name, 0.05, snap);
-        }
+        snapshots = accounts
+            .iter()
+            .map(|a| ingest(&store, a, reading(a, now), now).0)
+            .collect();
     }
-    let exporter = Exporter::new(state);
-    c.bench_function("metrics/render/1000_accounts", |b| {
-        b.iter(|| black_box(exporter.render().len()))
-    });
+    for n in [1_000, 10_000] {
+        let state = State::new();
+        for i in 0..n {
+            let a = &accounts[i % 3];
+            let name = format!("acct-{i:05}");
+            state.add_account(&name, a.provider.name(), false);
+            state.record_success(&name, 0.05, snapshots[i % 3].clone());
+        }
+        let exporter = Exporter::new(state);
+        c.bench_function(&format!("metrics/render/{n}_accounts"), |b| {
+            b.iter(|| black_box(exporter.render().len()))
+        });
+        // What `/metrics` does: the text in chunks, never whole.
+        c.bench_function(&format!("metrics/stream/{n}_accounts"), |b| {
+            b.iter(|| {
+                let mut bytes = 0;
+                exporter.stream(|chunk| {
+                    bytes += chunk.len();
+                    true
+                });
+                black_box(bytes)
+            })
+        });
+    }
 }
 
 fn poll(c: &mut Criterion) {
