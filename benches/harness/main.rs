@@ -69,7 +69,7 @@ pub struct RunArgs {
     python: Option<PathBuf>,
     #[arg(long, default_value = "benches/baseline/exporter.py")]
     baseline: PathBuf,
-    /// Account counts of scenario (a), comma-separated.
+    /// Account counts of scenario (a), comma-separated; 0 leaves it out.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
     accounts: Vec<usize>,
     /// Keys of the single ImageRouter account of scenario (b); 0 leaves it out.
@@ -217,7 +217,7 @@ async fn run(mut args: RunArgs) -> String {
     .await
     .expect("the fake upstream binds");
     let mut outcomes = Vec::new();
-    for &n in &args.accounts {
+    for &n in args.accounts.iter().filter(|n| **n > 0) {
         let wl = workload_for(&args, n, 2);
         outcomes.push(scenario(&args, &up, format!("(a) {n} accounts"), wl).await);
     }

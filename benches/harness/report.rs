@@ -114,110 +114,111 @@ pub fn render(
         args.concurrency,
     );
 
-    let _ = writeln!(s, "#### creditwatch\n");
-    let _ = writeln!(
-        s,
-        "| scenario | series | poll round (limit) | CPU per poll | peak RSS | `/metrics` | gzip | p50 / p99, 4 scrapers | store after {} |",
-        humantime::format_duration(args.history)
-    );
-    let _ = writeln!(s, "|---|--:|---|--:|--:|---|---|---|---|");
-    for o in outcomes {
-        match &o.creditwatch {
-            Ok(f) => {
-                let round = f
-                    .round
-                    .map(|r| {
-                        format!(
-                            "{} ({}, {:.2}×)",
-                            dur(r),
-                            dur(o.limit()),
-                            r.as_secs_f64() / o.limit().as_secs_f64()
-                        )
-                    })
-                    .unwrap_or_default();
-                let scrape = |x: Option<crate::measure::Scrape>| {
-                    x.map(|x| format!("{}, {}", dur(x.elapsed), bytes(x.bytes as u64)))
-                        .unwrap_or_default()
-                };
-                let store = f
-                    .store
-                    .map(|st| {
-                        format!(
-                            "{} ({} samples)",
-                            bytes(st.bytes),
-                            thousands(st.samples as u64)
-                        )
-                    })
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                    o.label,
-                    thousands(f.series as u64),
-                    round,
-                    f.usage.cpu_per_poll().map(secs).unwrap_or_default(),
-                    bytes(f.peak_rss),
-                    scrape(f.plain),
-                    scrape(f.gzip),
-                    p50_p99(&f.concurrent),
-                    store
-                );
-                if let Some(r) = f.round {
-                    let x = r.as_secs_f64() / o.limit().as_secs_f64();
-                    targets.push(Target {
-                        what: format!(
-                            "{}: poll round within 1.2× the latency-bound limit",
-                            o.label
-                        ),
-                        measured: format!("{} vs {} ({x:.2}×)", dur(r), dur(o.limit())),
-                        held: Some(x <= 1.2),
-                    });
-                }
-                if let Some(g) = f.gzip {
-                    targets.push(Target {
-                        what: format!("{}: gzip when asked", o.label),
-                        measured: if g.gzip {
+    let history = format!("{} h", args.history.as_secs_f64() / 3600.0);
+    if !outcomes.is_empty() {
+        let _ = writeln!(s, "#### creditwatch\n");
+        let _ = writeln!(
+            s,
+            "| scenario | series | poll round (limit) | CPU per poll | peak RSS | `/metrics` | gzip | p50 / p99, 4 scrapers | store after {history} |"
+        );
+        let _ = writeln!(s, "|---|--:|---|--:|--:|---|---|---|---|");
+        for o in outcomes {
+            match &o.creditwatch {
+                Ok(f) => {
+                    let round = f
+                        .round
+                        .map(|r| {
                             format!(
-                                "gzip, {} for {}",
-                                bytes(g.bytes as u64),
-                                bytes(f.plain.map(|p| p.bytes).unwrap_or(0) as u64)
+                                "{} ({}, {:.2}×)",
+                                dur(r),
+                                dur(o.limit()),
+                                r.as_secs_f64() / o.limit().as_secs_f64()
                             )
-                        } else {
-                            "not compressed".into()
-                        },
-                        held: Some(g.gzip),
-                    });
+                        })
+                        .unwrap_or_default();
+                    let scrape = |x: Option<crate::measure::Scrape>| {
+                        x.map(|x| format!("{}, {}", dur(x.elapsed), bytes(x.bytes as u64)))
+                            .unwrap_or_default()
+                    };
+                    let store = f
+                        .store
+                        .map(|st| {
+                            format!(
+                                "{} ({} samples)",
+                                bytes(st.bytes),
+                                thousands(st.samples as u64)
+                            )
+                        })
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        o.label,
+                        thousands(f.series as u64),
+                        round,
+                        f.usage.cpu_per_poll().map(secs).unwrap_or_default(),
+                        bytes(f.peak_rss),
+                        scrape(f.plain),
+                        scrape(f.gzip),
+                        p50_p99(&f.concurrent),
+                        store
+                    );
+                    if let Some(r) = f.round {
+                        let x = r.as_secs_f64() / o.limit().as_secs_f64();
+                        targets.push(Target {
+                            what: format!(
+                                "{}: poll round within 1.2× the latency-bound limit",
+                                o.label
+                            ),
+                            measured: format!("{} vs {} ({x:.2}×)", dur(r), dur(o.limit())),
+                            held: Some(x <= 1.2),
+                        });
+                    }
+                    if let Some(g) = f.gzip {
+                        targets.push(Target {
+                            what: format!("{}: gzip when asked", o.label),
+                            measured: if g.gzip {
+                                format!(
+                                    "gzip, {} for {}",
+                                    bytes(g.bytes as u64),
+                                    bytes(f.plain.map(|p| p.bytes).unwrap_or(0) as u64)
+                                )
+                            } else {
+                                "not compressed".into()
+                            },
+                            held: Some(g.gzip),
+                        });
+                    }
+                    if o.workload.accounts >= 10_000
+                        && let Some(p) = f.plain
+                    {
+                        targets.push(Target {
+                            what: format!("{}: `/metrics` rendered in under 100 ms", o.label),
+                            measured: dur(p.elapsed),
+                            held: Some(p.elapsed < Duration::from_millis(100)),
+                        });
+                    }
                 }
-                if o.workload.accounts >= 10_000
-                    && let Some(p) = f.plain
-                {
-                    targets.push(Target {
-                        what: format!("{}: `/metrics` rendered in under 100 ms", o.label),
-                        measured: dur(p.elapsed),
-                        held: Some(p.elapsed < Duration::from_millis(100)),
-                    });
+                Err(e) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | failed: {} |||||||| ",
+                        o.label,
+                        e.replace('\n', " ")
+                    );
                 }
-            }
-            Err(e) => {
-                let _ = writeln!(
-                    s,
-                    "| {} | failed: {} |||||||| ",
-                    o.label,
-                    e.replace('\n', " ")
-                );
             }
         }
-    }
-    let _ = writeln!(
-        s,
-        "\nThe limit is accounts × latency ÷ concurrency, in whole waves of {} polls. CPU per poll is the \
+        let _ = writeln!(
+            s,
+            "\nThe limit is accounts × latency ÷ concurrency, in whole waves of {} polls. CPU per poll is the \
 process's user + system time (/proc/PID/stat) over at least two poll intervals with nothing else \
 running, divided by the polls the upstream answered meanwhile. Peak RSS is VmHWM at the end, after \
 the scrapers. `/metrics` is the median of sequential scrapes (time, size). The store was filled \
-beforehand by simulating {} of 5-minute polls through the daemon's own ingest and hourly maintenance.\n",
-        args.concurrency,
-        humantime::format_duration(args.history)
-    );
+beforehand by simulating {history} of 5-minute polls through the daemon's own ingest and hourly maintenance.\n",
+            args.concurrency,
+        );
+    }
 
     if outcomes.iter().any(|o| o.baseline.is_some()) {
         let _ = writeln!(
