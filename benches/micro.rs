@@ -6,8 +6,8 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use creditwatch::config::{AccountConfig, Config};
+use creditwatch::ingest::ingest;
 use creditwatch::metrics::Exporter;
-use creditwatch::poller::ingest;
 use creditwatch::providers::{ProviderSettings, floow, fluximage, imagerouter};
 use creditwatch::state::State;
 use creditwatch::store::Store;

@@ -4,6 +4,7 @@ use crate::alerting::{self, Alerter};
 use crate::clock::Clock;
 use crate::config::{AccountConfig, Config, ConfigError};
 use crate::http::HttpClient;
+use crate::ingest::Writer;
 use crate::metrics::Exporter;
 use crate::poller::{self, PollerDeps};
 use crate::proxy::server::{self as proxy_server, ProxyError};
@@ -175,6 +176,7 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
         state: state.clone(),
         clock: opts.clock.clone(),
         limit: Arc::new(Semaphore::new(config.max_concurrent_polls)),
+        writer: Writer::start(store.clone()),
     };
 
     let mut sup = Supervisor {

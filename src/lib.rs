@@ -10,6 +10,7 @@ pub mod forecast;
 #[cfg(test)]
 mod fuzz;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod once;
 pub mod poller;

@@ -708,7 +708,7 @@ mod tests {
     use super::*;
     use crate::alerting::rules::parse_sample;
     use crate::config::Config;
-    use crate::poller::ingest;
+    use crate::ingest::ingest;
     use crate::providers::{ProviderSettings, fluximage, imagerouter};
     use crate::store::Store;
     use chrono::{TimeZone, Utc};

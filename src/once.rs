@@ -3,6 +3,7 @@
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::http::HttpClient;
+use crate::ingest::Writer;
 use crate::metrics::Exporter;
 use crate::poller::{self, PollerDeps};
 use crate::state::State;
@@ -20,12 +21,14 @@ pub struct OnceOutcome {
 /// lives in memory only, so a `once` run never disturbs a daemon's store.
 pub async fn run(config: &Config, clock: Arc<dyn Clock>) -> Result<OnceOutcome, reqwest::Error> {
     let state = State::new();
+    let store = Store::in_memory();
     let deps = PollerDeps {
         http: HttpClient::new()?,
-        store: Store::in_memory(),
+        store: store.clone(),
         state: state.clone(),
         clock,
         limit: Arc::new(Semaphore::new(config.max_concurrent_polls)),
+        writer: Writer::start(store),
     };
     for a in &config.accounts {
         state.add_account(&a.name, a.provider.name(), true);

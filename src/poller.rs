@@ -2,14 +2,12 @@
 
 use crate::clock::Clock;
 use crate::config::AccountConfig;
-use crate::forecast::consumption::{Observation, consumed_between};
-use crate::forecast::{ForecastInput, forecast};
 use crate::http::HttpClient;
+use crate::ingest::{Job, Writer};
 use crate::providers::{PollContext, PollError, Reading};
 use crate::secret::Secret;
-use crate::state::{PoolState, Snapshot, State};
-use crate::store::{PoolId, SampleRow, Store, StoreError};
-use chrono::{DateTime, Utc};
+use crate::state::{Snapshot, State};
+use crate::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -24,6 +22,8 @@ pub struct PollerDeps {
     pub clock: Arc<dyn Clock>,
     /// Bounds the polls in flight across all accounts (`max_concurrent_polls`).
     pub limit: Arc<Semaphore>,
+    /// Records readings ([`crate::ingest`]): one thread, batching the store's writes.
+    pub writer: Writer,
 }
 
 /// A failed poll is retried no sooner than this, whatever the backoff says.
@@ -138,12 +138,12 @@ pub async fn poll_once(account: &AccountConfig, deps: &PollerDeps) -> Result<(),
     match result {
         Ok(mut reading) => {
             reading.redact(&account.secrets());
-            let store = deps.store.clone();
-            let acc = account.clone();
-            let (mut snapshot, store_error) =
-                tokio::task::spawn_blocking(move || ingest(&store, &acc, reading, now))
-                    .await
-                    .expect("ingest does not panic");
+            let job = Job {
+                account: account.clone(),
+                reading,
+                now,
+            };
+            let (mut snapshot, store_error) = deps.writer.ingest(job).await;
             if let Some(e) = store_error {
                 keep_totals(&mut snapshot, &deps.state, &account.name);
                 // The values are still right; only history could not be written. Serve them and
@@ -180,104 +180,6 @@ fn keep_totals(snapshot: &mut Snapshot, state: &State, account: &str) {
             pool.consumed_total = pool.consumed_total.max(before.consumed_total);
         }
     }
-}
-
-/// Turns a reading taken at `now` into samples (written to the store) and a snapshot with
-/// running totals and forecasts. A store error is returned beside the snapshot, whose totals are
-/// then computed from what the store last held.
-pub fn ingest(
-    store: &Store,
-    account: &AccountConfig,
-    reading: Reading,
-    now: DateTime<Utc>,
-) -> (Snapshot, Option<StoreError>) {
-    let now_ms = now.timestamp_millis();
-    // Without the ledgers the totals cannot be continued: write nothing rather than overwrite
-    // them with totals that restart from 0.
-    let (ledgers, ledger_error) = match store.ledgers(&account.name) {
-        Ok(l) => (l, None),
-        Err(e) => (Default::default(), Some(e)),
-    };
-    let mut rows = Vec::with_capacity(reading.pools.len());
-    let mut periods = Vec::with_capacity(reading.pools.len());
-    for pool in &reading.pools {
-        let id = PoolId {
-            pool: pool.pool.clone(),
-            key: pool.key.clone(),
-        };
-        let period = pool.schedule.period_at(now);
-        let obs = Observation {
-            used: pool.used,
-            remaining: pool.remaining,
-            period_start_ms: period.map(|p| p.start.timestamp_millis()),
-        };
-        let consumed = match (ledgers.get(&id), pool.cumulative) {
-            // The provider's own exact total; never below what was already exported.
-            (Some(l), Some(total)) => total.max(l.consumed),
-            (None, Some(total)) => total,
-            // A reading older than the ledger (clock stepped back) adds nothing.
-            (Some(l), None) if l.last_ts_ms >= now_ms => l.consumed,
-            (Some(l), None) => l.consumed + consumed_between(&l.last, &obs, pool.rule),
-            (None, None) => 0.0,
-        };
-        rows.push(SampleRow {
-            id,
-            unit: pool.unit.as_str().to_string(),
-            ts_ms: now_ms,
-            used: pool.used,
-            remaining: pool.remaining,
-            limit: pool.limit,
-            period_start_ms: obs.period_start_ms,
-            consumed,
-        });
-        periods.push(period);
-    }
-    let windows = account.all_windows();
-    let longest = windows
-        .iter()
-        .map(|w| w.duration)
-        .max()
-        .unwrap_or(Duration::from_secs(3600));
-    let since = now_ms - longest.as_millis() as i64;
-    let past = crate::backfill::rows(&reading, &rows, &ledgers, now_ms, since);
-    let write = match ledger_error {
-        Some(e) => Err(e),
-        None => store.record_with_history(&account.name, &rows, &past),
-    };
-    // Each window's burn reads only the samples around its start and the last one.
-    let starts: Vec<i64> = windows
-        .iter()
-        .map(|w| now_ms - w.duration.as_millis() as i64)
-        .collect();
-    let mut pools = Vec::with_capacity(rows.len());
-    for ((pool, row), period) in reading.pools.into_iter().zip(rows).zip(periods) {
-        let points = store
-            .window_points(&account.name, &row.id, now_ms, &starts)
-            .unwrap_or_default();
-        let f = forecast(&ForecastInput {
-            points: &points,
-            windows: &account.burn_windows,
-            forecast_window: &account.forecast_window,
-            used: pool.used,
-            remaining: pool.remaining,
-            period,
-            now,
-        });
-        pools.push(PoolState {
-            reading: pool,
-            consumed_total: row.consumed,
-            period,
-            forecast: f,
-        });
-    }
-    let snapshot = Snapshot {
-        at: now,
-        plan: reading.plan,
-        pools,
-        keys: reading.keys,
-        endpoints: reading.endpoints,
-    };
-    (snapshot, write.err())
 }
 
 #[cfg(test)]

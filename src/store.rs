@@ -4,7 +4,8 @@
 //! ([`Store::compact`]) and dropped past the retention ([`Store::prune`]), so it stays the same
 //! size however long the daemon runs. `pools` is one row
 //! per pool with its cumulative consumption and last observation, so `consumed_total` survives
-//! restarts and pruning. Each poll's rows are written in one transaction. `proxy_totals` and
+//! restarts and pruning. Each poll's rows are written together: in a transaction of their own, or
+//! in a savepoint of a [`Batch`] that the writer thread commits for many polls at once. `proxy_totals` and
 //! `proxy_requests` are the fluxrouter proxy's spend ledger and request log. The schema carries a
 //! version (`PRAGMA user_version`) and a list of migrations, applied in order on open. `alerts` and
 //! `notifications` hold the built-in alerter's state.
@@ -13,9 +14,11 @@ use crate::forecast::Point;
 use crate::forecast::consumption::Observation;
 use rusqlite::{Connection, OptionalExtension, params};
 use rust_decimal::Decimal;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How finely [`Store::compact`] keeps old history: a sample `age` old stands for at most
@@ -119,6 +122,9 @@ pub enum StoreError {
     TooNew { path: String, found: i64 },
     #[error("state store {path}: {detail}")]
     Corrupt { path: String, detail: String },
+    /// A batch of writes could not begin or commit; every poll in it reports this.
+    #[error("state store {path}: {detail}")]
+    Batch { path: String, detail: String },
 }
 
 impl StoreError {
@@ -248,6 +254,9 @@ pub struct NotificationRow {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: String,
+    /// Bumped whenever samples are deleted (compaction, pruning), so that what a reader keeps of
+    /// the history in memory knows to read it again ([`Store::generation`]).
+    generation: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -385,6 +394,7 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            generation: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -409,35 +419,7 @@ impl Store {
 
     /// Every pool ledger of an account.
     pub fn ledgers(&self, account: &str) -> Result<BTreeMap<PoolId, Ledger>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT pool, key, unit, first_seen_ms, last_ts_ms, consumed, used, remaining, period_start_ms
-                 FROM pools WHERE account = ?1",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![account], |r| {
-                Ok((
-                    PoolId {
-                        pool: r.get(0)?,
-                        key: r.get(1)?,
-                    },
-                    Ledger {
-                        unit: r.get(2)?,
-                        first_seen_ms: r.get(3)?,
-                        last_ts_ms: r.get(4)?,
-                        consumed: r.get(5)?,
-                        last: Observation {
-                            used: r.get(6)?,
-                            remaining: r.get(7)?,
-                            period_start_ms: r.get(8)?,
-                        },
-                    },
-                ))
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        ledgers_in(&self.conn(), account).map_err(|e| self.err(e))
     }
 
     /// Records one poll's samples and moves each pool's ledger forward, atomically.
@@ -456,77 +438,41 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        if !history.is_empty() {
-            let mut past = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO samples
-                     (account, pool, key, ts_ms, used, remaining, limit_value, period_start_ms, consumed)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )
-                .map_err(|e| self.err(e))?;
-            for r in history {
-                past.execute(params![
-                    account,
-                    r.id.pool,
-                    r.id.key,
-                    r.ts_ms,
-                    r.used,
-                    r.remaining,
-                    r.limit,
-                    r.period_start_ms,
-                    r.consumed
-                ])
-                .map_err(|e| self.err(e))?;
-            }
-        }
-        {
-            let mut ins = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO samples
-                     (account, pool, key, ts_ms, used, remaining, limit_value, period_start_ms, consumed)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )
-                .map_err(|e| self.err(e))?;
-            let mut led = tx
-                .prepare_cached(
-                    "INSERT INTO pools
-                     (account, pool, key, unit, first_seen_ms, last_ts_ms, consumed, used, remaining, limit_value, period_start_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10)
-                     ON CONFLICT (account, pool, key) DO UPDATE SET
-                       unit = excluded.unit, last_ts_ms = excluded.last_ts_ms, consumed = excluded.consumed,
-                       used = excluded.used, remaining = excluded.remaining,
-                       limit_value = excluded.limit_value, period_start_ms = excluded.period_start_ms",
-                )
-                .map_err(|e| self.err(e))?;
-            for r in rows {
-                ins.execute(params![
-                    account,
-                    r.id.pool,
-                    r.id.key,
-                    r.ts_ms,
-                    r.used,
-                    r.remaining,
-                    r.limit,
-                    r.period_start_ms,
-                    r.consumed
-                ])
-                .map_err(|e| self.err(e))?;
-                led.execute(params![
-                    account,
-                    r.id.pool,
-                    r.id.key,
-                    r.unit,
-                    r.ts_ms,
-                    r.consumed,
-                    r.used,
-                    r.remaining,
-                    r.limit,
-                    r.period_start_ms
-                ])
-                .map_err(|e| self.err(e))?;
-            }
-        }
+        record_in(&tx, account, rows, history).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// How many times samples have been deleted since the store was opened. History kept in
+    /// memory from before a change may hold samples the store no longer has; reading again
+    /// keeps the burn what the store alone would give.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` inside one write transaction and commits it, so that many accounts' polls cost
+    /// one commit (the write-ahead log gets each page they touch once per batch, not once per
+    /// poll). [`Batch::record`] puts each poll's writes in a savepoint, so one failing poll does
+    /// not undo the others. The commit's result is returned beside `f`'s.
+    pub fn batch<T>(&self, f: impl FnOnce(&Batch<'_>) -> T) -> (T, Result<(), StoreError>) {
+        let conn = self.conn();
+        let begun = conn.execute_batch("BEGIN");
+        let batch = Batch {
+            conn: &conn,
+            store: self,
+            broken: begun.as_ref().err().map(|e| e.to_string()),
+            insert: RefCell::new(None),
+            ledger: RefCell::new(None),
+        };
+        let out = f(&batch);
+        drop(batch);
+        let committed = match begun {
+            Err(e) => Err(self.err(e)),
+            Ok(()) => conn.execute_batch("COMMIT").map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                self.err(e)
+            }),
+        };
+        (out, committed)
     }
 
     /// A pool's cumulative-consumption history since `since_ms`, oldest first, preceded by the
@@ -577,42 +523,8 @@ impl Store {
         now_ms: i64,
         window_starts_ms: &[i64],
     ) -> Result<Vec<Point>, StoreError> {
-        let conn = self.conn();
-        let point = |r: &rusqlite::Row<'_>| {
-            Ok(Point {
-                t: r.get::<_, i64>(0)? as f64 / 1000.0,
-                consumed: r.get(1)?,
-            })
-        };
-        let mut before = conn
-            .prepare_cached(
-                "SELECT ts_ms, consumed FROM samples
-                 WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms < ?4
-                 ORDER BY ts_ms DESC LIMIT 1",
-            )
-            .map_err(|e| self.err(e))?;
-        let mut at_or_after = conn
-            .prepare_cached(
-                "SELECT ts_ms, consumed FROM samples
-                 WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms >= ?4
-                 ORDER BY ts_ms LIMIT 1",
-            )
-            .map_err(|e| self.err(e))?;
-        let find = |stmt: &mut rusqlite::CachedStatement<'_>, ts: i64| {
-            stmt.query_row(params![account, id.pool, id.key, ts], point)
-                .optional()
-                .map_err(|e| self.err(e))
-        };
-        let mut out = Vec::with_capacity(2 * window_starts_ms.len() + 1);
-        // The last sample at or before now is the last one before now + 1 ms.
-        out.extend(find(&mut before, now_ms.saturating_add(1))?);
-        for &from in window_starts_ms {
-            out.extend(find(&mut before, from)?);
-            out.extend(find(&mut at_or_after, from)?);
-        }
-        out.sort_by(|a, b| a.t.total_cmp(&b.t));
-        out.dedup_by(|a, b| a.t == b.t);
-        Ok(out)
+        window_points_in(&self.conn(), account, id, now_ms, window_starts_ms)
+            .map_err(|e| self.err(e))
     }
 
     /// A pool's `remaining` over `[since_ms, until_ms]` as `(ts_ms, remaining)`, oldest first, for
@@ -868,14 +780,20 @@ impl Store {
     /// gap it is what the first new reading's consumption is spread over. Ledgers are kept.
     /// Returns how many samples were deleted.
     pub fn prune(&self, before_ms: i64) -> Result<usize, StoreError> {
-        self.conn()
+        let conn = self.conn();
+        let deleted = conn
             .execute(
                 "DELETE FROM samples WHERE ts_ms < ?1 AND ts_ms < (
                    SELECT MAX(s.ts_ms) FROM samples s
                    WHERE s.account = samples.account AND s.pool = samples.pool AND s.key = samples.key)",
                 params![before_ms],
             )
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        if deleted > 0 {
+            // Under the lock, so a writer that takes it next sees the change.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(deleted)
     }
 
     /// Downsamples old history so its size grows with the logarithm of its age, not linearly.
@@ -927,11 +845,20 @@ impl Store {
             }
         }
         tx.commit().map_err(|e| self.err(e))?;
+        if deleted > 0 {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         Ok(deleted)
     }
 
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Runs raw SQL, for tests that break the store on purpose.
+    #[cfg(test)]
+    pub(crate) fn execute_for_test(&self, sql: &str) {
+        self.conn().execute_batch(sql).expect("test SQL runs");
     }
 
     /// Every alert of the built-in alerter.
@@ -1032,6 +959,265 @@ impl Store {
         };
         r.map(|_| ()).map_err(|e| self.err(e))
     }
+}
+
+/// A sample as `(ts_ms, consumed)`.
+pub type TsValue = (i64, f64);
+
+/// One write transaction shared by many polls ([`Store::batch`]). Reads see the batch's own
+/// writes.
+pub struct Batch<'a> {
+    conn: &'a Connection,
+    store: &'a Store,
+    /// Why the transaction could not begin; every write then fails with it.
+    broken: Option<String>,
+    // The sample and ledger statements, prepared once per batch rather than looked up per row.
+    insert: RefCell<Option<rusqlite::CachedStatement<'a>>>,
+    ledger: RefCell<Option<rusqlite::CachedStatement<'a>>>,
+}
+
+impl Batch<'_> {
+    /// Every pool ledger of an account.
+    pub fn ledgers(&self, account: &str) -> Result<BTreeMap<PoolId, Ledger>, StoreError> {
+        ledgers_in(self.conn, account).map_err(|e| self.store.err(e))
+    }
+
+    /// Records one poll as [`Store::record_with_history`] does, inside a savepoint: if any of its
+    /// writes fails, none of them stays and the rest of the batch is unaffected.
+    pub fn record(
+        &self,
+        account: &str,
+        rows: &[SampleRow],
+        history: &[SampleRow],
+    ) -> Result<(), StoreError> {
+        if let Some(why) = &self.broken {
+            return Err(StoreError::Batch {
+                path: self.store.path.clone(),
+                detail: format!("cannot begin a transaction: {why}"),
+            });
+        }
+        let run = |sql: &str| {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute([]))
+        };
+        run("SAVEPOINT poll").map_err(|e| self.store.err(e))?;
+        let written = (|| -> rusqlite::Result<()> {
+            if !history.is_empty() {
+                insert_history(self.conn, account, history)?;
+            }
+            let mut insert = self.insert.borrow_mut();
+            let mut ledger = self.ledger.borrow_mut();
+            if insert.is_none() {
+                *insert = Some(self.conn.prepare_cached(INSERT_SAMPLE)?);
+                *ledger = Some(self.conn.prepare_cached(UPSERT_LEDGER)?);
+            }
+            let (insert, ledger) = (insert.as_mut().expect("set"), ledger.as_mut().expect("set"));
+            for r in rows {
+                write_row(insert, ledger, account, r)?;
+            }
+            Ok(())
+        })();
+        match written {
+            Ok(()) => run("RELEASE poll").map(drop).map_err(|e| self.store.err(e)),
+            Err(e) => {
+                let _ = run("ROLLBACK TO poll");
+                let _ = run("RELEASE poll");
+                Err(self.store.err(e))
+            }
+        }
+    }
+
+    /// What [`Store::window_points`] gives, read within the batch.
+    pub fn window_points(
+        &self,
+        account: &str,
+        id: &PoolId,
+        now_ms: i64,
+        window_starts_ms: &[i64],
+    ) -> Result<Vec<Point>, StoreError> {
+        window_points_in(self.conn, account, id, now_ms, window_starts_ms)
+            .map_err(|e| self.store.err(e))
+    }
+
+    /// The samples of a pool around `from_ms`, as `(ts_ms, consumed)`: the last one before it,
+    /// then up to `after` from `from_ms` on, oldest first.
+    pub fn samples_around(
+        &self,
+        account: &str,
+        id: &PoolId,
+        from_ms: i64,
+        after: usize,
+    ) -> Result<(Option<TsValue>, Vec<TsValue>), StoreError> {
+        let run = || -> rusqlite::Result<_> {
+            let pair = |r: &rusqlite::Row<'_>| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?));
+            let before = self
+                .conn
+                .prepare_cached(SAMPLE_BEFORE)?
+                .query_row(params![account, id.pool, id.key, from_ms], pair)
+                .optional()?;
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT ts_ms, consumed FROM samples
+                 WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms >= ?4
+                 ORDER BY ts_ms LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                params![account, id.pool, id.key, from_ms, after as i64],
+                pair,
+            )?;
+            Ok((before, rows.collect::<rusqlite::Result<Vec<_>>>()?))
+        };
+        run().map_err(|e| self.store.err(e))
+    }
+}
+
+const INSERT_SAMPLE: &str = "INSERT OR REPLACE INTO samples
+     (account, pool, key, ts_ms, used, remaining, limit_value, period_start_ms, consumed)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+const UPSERT_LEDGER: &str = "INSERT INTO pools
+     (account, pool, key, unit, first_seen_ms, last_ts_ms, consumed, used, remaining, limit_value, period_start_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10)
+     ON CONFLICT (account, pool, key) DO UPDATE SET
+       unit = excluded.unit, last_ts_ms = excluded.last_ts_ms, consumed = excluded.consumed,
+       used = excluded.used, remaining = excluded.remaining,
+       limit_value = excluded.limit_value, period_start_ms = excluded.period_start_ms";
+
+const SAMPLE_BEFORE: &str = "SELECT ts_ms, consumed FROM samples
+     WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms < ?4
+     ORDER BY ts_ms DESC LIMIT 1";
+
+fn ledgers_in(conn: &Connection, account: &str) -> rusqlite::Result<BTreeMap<PoolId, Ledger>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT pool, key, unit, first_seen_ms, last_ts_ms, consumed, used, remaining, period_start_ms
+         FROM pools WHERE account = ?1",
+    )?;
+    let rows = stmt.query_map(params![account], |r| {
+        Ok((
+            PoolId {
+                pool: r.get(0)?,
+                key: r.get(1)?,
+            },
+            Ledger {
+                unit: r.get(2)?,
+                first_seen_ms: r.get(3)?,
+                last_ts_ms: r.get(4)?,
+                consumed: r.get(5)?,
+                last: Observation {
+                    used: r.get(6)?,
+                    remaining: r.get(7)?,
+                    period_start_ms: r.get(8)?,
+                },
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+fn insert_history(conn: &Connection, account: &str, history: &[SampleRow]) -> rusqlite::Result<()> {
+    let mut past = conn.prepare_cached(
+        "INSERT OR IGNORE INTO samples
+         (account, pool, key, ts_ms, used, remaining, limit_value, period_start_ms, consumed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for r in history {
+        past.execute(params![
+            account,
+            r.id.pool,
+            r.id.key,
+            r.ts_ms,
+            r.used,
+            r.remaining,
+            r.limit,
+            r.period_start_ms,
+            r.consumed
+        ])?;
+    }
+    Ok(())
+}
+
+fn write_row(
+    insert: &mut rusqlite::Statement<'_>,
+    ledger: &mut rusqlite::Statement<'_>,
+    account: &str,
+    r: &SampleRow,
+) -> rusqlite::Result<()> {
+    insert.execute(params![
+        account,
+        r.id.pool,
+        r.id.key,
+        r.ts_ms,
+        r.used,
+        r.remaining,
+        r.limit,
+        r.period_start_ms,
+        r.consumed
+    ])?;
+    ledger.execute(params![
+        account,
+        r.id.pool,
+        r.id.key,
+        r.unit,
+        r.ts_ms,
+        r.consumed,
+        r.used,
+        r.remaining,
+        r.limit,
+        r.period_start_ms
+    ])?;
+    Ok(())
+}
+
+fn record_in(
+    conn: &Connection,
+    account: &str,
+    rows: &[SampleRow],
+    history: &[SampleRow],
+) -> rusqlite::Result<()> {
+    if !history.is_empty() {
+        insert_history(conn, account, history)?;
+    }
+    let mut insert = conn.prepare_cached(INSERT_SAMPLE)?;
+    let mut ledger = conn.prepare_cached(UPSERT_LEDGER)?;
+    for r in rows {
+        write_row(&mut insert, &mut ledger, account, r)?;
+    }
+    Ok(())
+}
+
+fn window_points_in(
+    conn: &Connection,
+    account: &str,
+    id: &PoolId,
+    now_ms: i64,
+    window_starts_ms: &[i64],
+) -> rusqlite::Result<Vec<Point>> {
+    let point = |r: &rusqlite::Row<'_>| {
+        Ok(Point {
+            t: r.get::<_, i64>(0)? as f64 / 1000.0,
+            consumed: r.get(1)?,
+        })
+    };
+    let mut before = conn.prepare_cached(SAMPLE_BEFORE)?;
+    let mut at_or_after = conn.prepare_cached(
+        "SELECT ts_ms, consumed FROM samples
+         WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms >= ?4
+         ORDER BY ts_ms LIMIT 1",
+    )?;
+    let find = |stmt: &mut rusqlite::CachedStatement<'_>, ts: i64| {
+        stmt.query_row(params![account, id.pool, id.key, ts], point)
+            .optional()
+    };
+    let mut out = Vec::with_capacity(2 * window_starts_ms.len() + 1);
+    // The last sample at or before now is the last one before now + 1 ms.
+    out.extend(find(&mut before, now_ms.saturating_add(1))?);
+    for &from in window_starts_ms {
+        out.extend(find(&mut before, from)?);
+        out.extend(find(&mut at_or_after, from)?);
+    }
+    out.sort_by(|a, b| a.t.total_cmp(&b.t));
+    out.dedup_by(|a, b| a.t == b.t);
+    Ok(out)
 }
 
 /// Where the store lives, resolved against the config file's directory when relative.

@@ -1,15 +1,16 @@
 //! Simulated history: polls at a manual clock through the daemon's own ingest, store and hourly maintenance, without waiting for real time to pass.
 //!
 //! Each simulated poll takes the body the fake upstream would serve at that instant, parses it
-//! with the provider's own parser and ingests it with [`creditwatch::poller::ingest`], exactly as
-//! a live poll does after its HTTP round trip. Every simulated hour the store is compacted and
+//! with the provider's own parser and ingests it as the daemon's writer thread does
+//! ([`creditwatch::ingest::Tracker`], in batches of one wave of polls), exactly as a live poll is
+//! ingested after its HTTP round trip. Every simulated hour the store is compacted and
 //! pruned as the daemon's supervisor does. Accounts are polled at staggered instants within each
 //! interval, as independent pollers would be.
 
 use crate::upstream;
 use chrono::{DateTime, Utc};
 use creditwatch::config::AccountConfig;
-use creditwatch::poller::ingest;
+use creditwatch::ingest::{Job, Tracker};
 use creditwatch::providers::{ProviderSettings, Reading, floow, fluximage, imagerouter};
 use creditwatch::state::State;
 use creditwatch::store::Store;
@@ -62,32 +63,52 @@ pub fn run(
     let n = accounts.len().max(1) as i64;
     let retention = chrono::Duration::from_std(retention).expect("retention in range");
     let mut next_maintenance = start + chrono::Duration::hours(1);
+    let mut tracker = Tracker::default();
+    let mut pending: Vec<Job> = Vec::new();
+    // Polls that finish together reach the writer together: a wave of `max_concurrent_polls`.
+    let flush = |tracker: &mut Tracker, pending: &mut Vec<Job>| {
+        let names: Vec<String> = pending.iter().map(|j| j.account.name.clone()).collect();
+        let outcomes = tracker.ingest_batch(store, std::mem::take(pending));
+        for (name, (snapshot, err)) in names.into_iter().zip(outcomes) {
+            if let Some(e) = err {
+                panic!("simulated ingest failed: {e}");
+            }
+            if let Some(state) = state {
+                state.record_success(&name, 0.05, snapshot);
+            }
+        }
+    };
     let mut round = start;
     while round < end {
         for (k, (index, account)) in accounts.iter().enumerate() {
             let now = round + chrono::Duration::milliseconds(step_ms * k as i64 / n);
             if now >= next_maintenance {
+                flush(&mut tracker, &mut pending);
                 maintain(store, next_maintenance, retention);
                 hourly(next_maintenance);
                 next_maintenance += chrono::Duration::hours(1);
             }
-            let r = reading(account, *index, keys, now);
-            let (snapshot, err) = ingest(store, account, r, now);
-            if let Some(e) = err {
-                panic!("simulated ingest failed: {e}");
-            }
-            if let Some(state) = state {
-                state.record_success(&account.name, 0.05, snapshot);
+            pending.push(Job {
+                account: account.clone(),
+                reading: reading(account, *index, keys, now),
+                now,
+            });
+            if pending.len() >= WAVE {
+                flush(&mut tracker, &mut pending);
             }
         }
         round += chrono::Duration::milliseconds(step_ms);
     }
+    flush(&mut tracker, &mut pending);
     while next_maintenance <= end {
         maintain(store, next_maintenance, retention);
         hourly(next_maintenance);
         next_maintenance += chrono::Duration::hours(1);
     }
 }
+
+/// Polls per simulated batch: the default `max_concurrent_polls`.
+const WAVE: usize = 64;
 
 /// The daemon's hourly maintenance.
 fn maintain(store: &Store, now: DateTime<Utc>, retention: chrono::Duration) {

@@ -1,0 +1,691 @@
+//! Ingest: readings become samples, running totals and forecasts on one writer thread that batches the store's writes and keeps in memory what the next poll reads.
+//!
+//! A poll used to cost a transaction of its own, a read of the account's ledgers and five index
+//! lookups per pool for the samples around each burn window's start. Profiles put that at about
+//! half of the daemon's CPU, and at nearly all of a 10,000-key account's poll. Now:
+//!
+//! - **One writer thread** owns the store's writes. Polls hand it their readings; whatever has
+//!   queued while it worked is written in one transaction, each poll in a savepoint of its own.
+//!   Polls that finish together (a wave of `max_concurrent_polls`) share one commit.
+//! - **Ledgers stay in memory** once read ([`Tracker`]), updated after each write.
+//! - **Each burn window keeps a cursor**: the samples around its start and a few after it, read
+//!   from the store in one query and then moved forward as time passes; new samples are appended
+//!   while the cursor reaches the newest one. A window reads the store again only when its start
+//!   has passed everything the cursor holds (every [`CURSOR_SAMPLES`] polls or so).
+//!
+//! The answer is the same as reading the store every time, because the cursor holds a contiguous
+//! run of the store's samples and is dropped whenever the store changes underneath it: samples
+//! deleted by compaction or pruning ([`Store::generation`]), history written into the past
+//! (Floow's backfill), a sample written before the newest (clock stepped back), or a failed
+//! write. Tests compare the two paths.
+
+use crate::backfill;
+use crate::config::AccountConfig;
+use crate::forecast::consumption::{Observation, consumed_between};
+use crate::forecast::{ForecastInput, Point, forecast};
+use crate::providers::Reading;
+use crate::state::{PoolState, Snapshot};
+use crate::store::{Batch, Ledger, PoolId, SampleRow, Store, StoreError};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How many samples from a window's start on a cursor reads at once. More means fewer reads
+/// and more memory: 16 bytes a sample, per window, per pool.
+pub const CURSOR_SAMPLES: usize = 8;
+
+/// A batch stops taking queued polls once it holds this many pools, so one commit never grows
+/// without bound when the writer falls behind.
+pub const BATCH_POOLS: usize = 50_000;
+
+/// One poll's reading, to ingest.
+pub struct Job {
+    pub account: AccountConfig,
+    pub reading: Reading,
+    pub now: DateTime<Utc>,
+}
+
+/// The snapshot to serve, and the store error that kept it from being recorded, if any.
+pub type Outcome = (Snapshot, Option<StoreError>);
+
+/// Ingests one reading with nothing remembered from earlier polls: everything is read from the
+/// store. The writer thread gives the same answers while reading far less (see the module
+/// documentation).
+pub fn ingest(
+    store: &Store,
+    account: &AccountConfig,
+    reading: Reading,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let job = Job {
+        account: account.clone(),
+        reading,
+        now,
+    };
+    Tracker::default()
+        .ingest_batch(store, vec![job])
+        .pop()
+        .expect("one outcome per job")
+}
+
+/// Handle to the writer thread; cheap to clone. The thread ends when the last handle is dropped.
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::UnboundedSender<(Job, oneshot::Sender<Outcome>)>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `store`.
+    pub fn start(store: Store) -> Writer {
+        let (queue, mut rx) = mpsc::unbounded_channel::<(Job, oneshot::Sender<Outcome>)>();
+        std::thread::Builder::new()
+            .name("creditwatch-writer".into())
+            .spawn(move || {
+                let mut tracker = Tracker::default();
+                while let Some(first) = rx.blocking_recv() {
+                    let mut pools = first.0.reading.pools.len();
+                    let mut batch = vec![first];
+                    while pools < BATCH_POOLS {
+                        match rx.try_recv() {
+                            Ok(next) => {
+                                pools += next.0.reading.pools.len();
+                                batch.push(next);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let (jobs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let run = std::panic::AssertUnwindSafe(|| tracker.ingest_batch(&store, jobs));
+                    match std::panic::catch_unwind(run) {
+                        Ok(outcomes) => {
+                            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                                // A poll cancelled meanwhile (shutdown, reload) no longer waits.
+                                let _ = reply.send(outcome);
+                            }
+                        }
+                        // A bug; the batch's polls see it as their own panic. What the tracker
+                        // held may be half-updated, so start again from the store.
+                        Err(_) => tracker = Tracker::default(),
+                    }
+                }
+            })
+            .expect("the writer thread starts");
+        Writer { queue }
+    }
+
+    /// Ingests one poll's reading (see [`ingest`]), queued behind the polls already waiting.
+    pub async fn ingest(&self, job: Job) -> Outcome {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((job, reply))
+            .unwrap_or_else(|_| panic!("the writer thread has stopped"));
+        answer.await.expect("ingest does not panic")
+    }
+}
+
+/// What the writer keeps between polls so that a poll reads almost nothing from the store.
+#[derive(Default)]
+pub struct Tracker {
+    accounts: HashMap<String, AccountTrack>,
+    /// [`Store::generation`] when the cursors were read.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct AccountTrack {
+    /// The store's ledgers of the account, once read.
+    ledgers: Option<BTreeMap<PoolId, Ledger>>,
+    cursors: HashMap<PoolId, Vec<Cursor>>,
+    /// Polled since the store's generation last changed; accounts that were not are forgotten
+    /// then (removed by a reload, or polled less than hourly), and read again if they return.
+    recent: bool,
+}
+
+/// A contiguous run of one pool's samples, `(ts_ms, consumed)` oldest first, around the start
+/// of one burn window: the last sample before the start (unless the history begins after it),
+/// then the samples from the start on.
+#[derive(Debug)]
+struct Cursor {
+    window_ms: i64,
+    run: VecDeque<(i64, f64)>,
+    /// The run begins with the pool's oldest sample.
+    from_oldest: bool,
+    /// The run ends with the pool's newest sample, so new samples are appended to it.
+    to_newest: bool,
+}
+
+impl Cursor {
+    fn new(window_ms: i64) -> Cursor {
+        Cursor {
+            window_ms,
+            run: VecDeque::new(),
+            from_oldest: false,
+            to_newest: false,
+        }
+    }
+
+    /// Forgets the run; the next use reads the store.
+    fn reset(&mut self) {
+        self.run.clear();
+        self.from_oldest = false;
+        self.to_newest = false;
+    }
+
+    /// A sample was just written at `ts`.
+    fn push(&mut self, ts: i64, consumed: f64) {
+        match self.run.back_mut() {
+            // Written inside the run (the clock stepped back): the run no longer mirrors the
+            // store.
+            Some(last) if ts < last.0 => self.reset(),
+            Some(last) if ts == last.0 => last.1 = consumed,
+            _ if self.to_newest => {
+                if self.run.len() > CURSOR_SAMPLES {
+                    // Stop growing; the run stays contiguous, it just no longer reaches the end.
+                    self.to_newest = false;
+                } else {
+                    self.run.push_back((ts, consumed));
+                }
+            }
+            // After the end of a run that stops short of the newest sample: nothing changes.
+            _ => {}
+        }
+    }
+
+    /// The samples the burn over the window starting at `from` reads: the last before it and
+    /// the first at or after it, as [`crate::store::Store::window_points`] finds them.
+    fn around(
+        &mut self,
+        batch: &Batch<'_>,
+        account: &str,
+        id: &PoolId,
+        from: i64,
+        out: &mut Vec<Point>,
+    ) -> Result<(), StoreError> {
+        while self.run.len() >= 2 && self.run[1].0 < from {
+            self.run.pop_front();
+            self.from_oldest = false;
+        }
+        let usable = !self.run.is_empty()
+            && (self.run[0].0 < from || self.from_oldest)
+            && (self.to_newest || self.run.iter().any(|s| s.0 >= from));
+        if !usable {
+            let (before, after) = batch.samples_around(account, id, from, CURSOR_SAMPLES)?;
+            self.from_oldest = before.is_none();
+            self.to_newest = after.len() < CURSOR_SAMPLES;
+            self.run.clear();
+            self.run.extend(before);
+            self.run.extend(after);
+        }
+        let point = |&(ts, consumed): &(i64, f64)| Point {
+            t: ts as f64 / 1000.0,
+            consumed,
+        };
+        out.extend(self.run.front().filter(|s| s.0 < from).map(point));
+        out.extend(self.run.iter().find(|s| s.0 >= from).map(point));
+        Ok(())
+    }
+}
+
+impl Tracker {
+    /// Ingests each job in order, all in one transaction, and returns an outcome per job.
+    pub fn ingest_batch(&mut self, store: &Store, jobs: Vec<Job>) -> Vec<Outcome> {
+        let (mut outcomes, committed) = store.batch(|batch| {
+            // Read under the store's lock: maintenance bumps it before letting go.
+            let generation = store.generation();
+            if generation != self.generation {
+                self.generation = generation;
+                self.accounts.retain(|_, a| std::mem::take(&mut a.recent));
+                for a in self.accounts.values_mut() {
+                    a.cursors.clear();
+                }
+            }
+            jobs.into_iter()
+                .map(|job| self.ingest_one(batch, job))
+                .collect::<Vec<_>>()
+        });
+        if let Err(e) = committed {
+            // Nothing of the batch was kept: forget what it taught, and report the commit's
+            // error on every poll of it.
+            self.accounts.clear();
+            let detail = e.to_string();
+            for (_, error) in &mut outcomes {
+                if error.is_none() {
+                    *error = Some(StoreError::Batch {
+                        path: store.path().to_string(),
+                        detail: format!("could not commit: {detail}"),
+                    });
+                }
+            }
+        }
+        outcomes
+    }
+
+    fn ingest_one(&mut self, batch: &Batch<'_>, job: Job) -> Outcome {
+        let Job {
+            account,
+            reading,
+            now,
+        } = job;
+        let now_ms = now.timestamp_millis();
+        let track = self.accounts.entry(account.name.clone()).or_default();
+        track.recent = true;
+        // Without the ledgers the totals cannot be continued: write nothing rather than
+        // overwrite them with totals that restart from 0.
+        let mut ledger_error = None;
+        if track.ledgers.is_none() {
+            match batch.ledgers(&account.name) {
+                Ok(l) => track.ledgers = Some(l),
+                Err(e) => ledger_error = Some(e),
+            }
+        }
+        let no_ledgers = BTreeMap::new();
+        let ledgers = track.ledgers.as_ref().unwrap_or(&no_ledgers);
+        let mut rows = Vec::with_capacity(reading.pools.len());
+        let mut periods = Vec::with_capacity(reading.pools.len());
+        for pool in &reading.pools {
+            let id = PoolId {
+                pool: pool.pool.clone(),
+                key: pool.key.clone(),
+            };
+            let period = pool.schedule.period_at(now);
+            let obs = Observation {
+                used: pool.used,
+                remaining: pool.remaining,
+                period_start_ms: period.map(|p| p.start.timestamp_millis()),
+            };
+            let consumed = match (ledgers.get(&id), pool.cumulative) {
+                // The provider's own exact total; never below what was already exported.
+                (Some(l), Some(total)) => total.max(l.consumed),
+                (None, Some(total)) => total,
+                // A reading older than the ledger (clock stepped back) adds nothing.
+                (Some(l), None) if l.last_ts_ms >= now_ms => l.consumed,
+                (Some(l), None) => l.consumed + consumed_between(&l.last, &obs, pool.rule),
+                (None, None) => 0.0,
+            };
+            rows.push(SampleRow {
+                id,
+                unit: pool.unit.as_str().to_string(),
+                ts_ms: now_ms,
+                used: pool.used,
+                remaining: pool.remaining,
+                limit: pool.limit,
+                period_start_ms: obs.period_start_ms,
+                consumed,
+            });
+            periods.push(period);
+        }
+        let windows = account.all_windows();
+        let longest = windows
+            .iter()
+            .map(|w| w.duration)
+            .max()
+            .unwrap_or(Duration::from_secs(3600));
+        let since = now_ms - longest.as_millis() as i64;
+        let past = backfill::rows(&reading, &rows, ledgers, now_ms, since);
+        let write = match ledger_error {
+            Some(e) => Err(e),
+            None => batch.record(&account.name, &rows, &past),
+        };
+        let written = write.is_ok();
+        if written {
+            let ledgers = track.ledgers.get_or_insert_with(BTreeMap::new);
+            for r in &rows {
+                let last = Observation {
+                    used: r.used,
+                    remaining: r.remaining,
+                    period_start_ms: r.period_start_ms,
+                };
+                // As the store's upsert does: first_seen only when the ledger is new.
+                let l = ledgers.entry(r.id.clone()).or_insert_with(|| Ledger {
+                    unit: r.unit.clone(),
+                    first_seen_ms: r.ts_ms,
+                    last_ts_ms: r.ts_ms,
+                    consumed: r.consumed,
+                    last,
+                });
+                if l.unit != r.unit {
+                    l.unit = r.unit.clone();
+                }
+                l.last_ts_ms = r.ts_ms;
+                l.consumed = r.consumed;
+                l.last = last;
+                if let Some(cursors) = track.cursors.get_mut(&r.id) {
+                    for c in cursors {
+                        c.push(r.ts_ms, r.consumed);
+                    }
+                }
+            }
+            for p in &past {
+                if let Some(cursors) = track.cursors.get_mut(&p.id) {
+                    cursors.iter_mut().for_each(Cursor::reset);
+                }
+            }
+        } else {
+            // The savepoint was rolled back; what was kept may not match the store.
+            track.ledgers = None;
+            track.cursors.clear();
+        }
+        let starts: Vec<i64> = windows
+            .iter()
+            .map(|w| now_ms - w.duration.as_millis() as i64)
+            .collect();
+        let mut pools = Vec::with_capacity(rows.len());
+        let mut points = Vec::with_capacity(2 * windows.len() + 1);
+        for ((pool, row), period) in reading.pools.into_iter().zip(rows).zip(periods) {
+            points.clear();
+            let found = if written {
+                window_points(track, batch, &account.name, &row, &starts, &mut points)
+            } else {
+                // What the store holds, which does not include this reading.
+                batch
+                    .window_points(&account.name, &row.id, now_ms, &starts)
+                    .map(|p| points = p)
+            };
+            if found.is_err() {
+                points.clear();
+                track.cursors.remove(&row.id);
+            }
+            let f = forecast(&ForecastInput {
+                points: &points,
+                windows: &account.burn_windows,
+                forecast_window: &account.forecast_window,
+                used: pool.used,
+                remaining: pool.remaining,
+                period,
+                now,
+            });
+            pools.push(PoolState {
+                reading: pool,
+                consumed_total: row.consumed,
+                period,
+                forecast: f,
+            });
+        }
+        let snapshot = Snapshot {
+            at: now,
+            plan: reading.plan,
+            pools,
+            keys: reading.keys,
+            endpoints: reading.endpoints,
+        };
+        (snapshot, write.err())
+    }
+}
+
+/// The samples around each window's start, from the pool's cursors, plus the sample just
+/// written: oldest first, without duplicates.
+fn window_points(
+    track: &mut AccountTrack,
+    batch: &Batch<'_>,
+    account: &str,
+    row: &SampleRow,
+    starts: &[i64],
+    out: &mut Vec<Point>,
+) -> Result<(), StoreError> {
+    let cursors = match track.cursors.get_mut(&row.id) {
+        Some(c) => c,
+        None => track.cursors.entry(row.id.clone()).or_default(),
+    };
+    for &from in starts {
+        let window_ms = row.ts_ms - from;
+        let cursor = match cursors.iter().position(|c| c.window_ms == window_ms) {
+            Some(i) => &mut cursors[i],
+            None => {
+                cursors.push(Cursor::new(window_ms));
+                cursors.last_mut().expect("just pushed")
+            }
+        };
+        cursor.around(batch, account, &row.id, from, out)?;
+    }
+    out.push(Point {
+        t: row.ts_ms as f64 / 1000.0,
+        consumed: row.consumed,
+    });
+    out.sort_by(|a, b| a.t.total_cmp(&b.t));
+    out.dedup_by(|a, b| a.t == b.t);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::providers::{ProviderSettings, floow, fluximage, imagerouter};
+    use chrono::{Duration as Span, NaiveDate, TimeZone};
+    use std::path::Path;
+
+    fn accounts() -> Vec<AccountConfig> {
+        let text = r#"
+[defaults]
+burn_windows = ["10m", "1h"]
+forecast_window = "30m"
+
+[[account]]
+name = "images"
+provider = "fluximage"
+api_key = "k"
+billing_anchor = "2026-01-15"
+
+[[account]]
+name = "router"
+provider = "imagerouter"
+api_key = "k"
+per_key = true
+
+[[account]]
+name = "floow"
+provider = "floow"
+api_key = "k"
+billing_anchor = "2026-01-15"
+monthly_allowance = 30000
+# One window: no other window's samples can stand in for a sample its cursor missed.
+burn_windows = ["10m"]
+forecast_window = "10m"
+"#;
+        let (config, _) =
+            Config::parse(text, Path::new("t.toml"), Path::new("."), &|_| None).unwrap();
+        config.accounts
+    }
+
+    /// Account `a`'s reading at `now`, `i` polls in: usage grows with time, and the router's
+    /// third key is gone for a while.
+    fn reading(a: &AccountConfig, now: DateTime<Utc>, i: usize) -> Reading {
+        let minutes = (now - Utc.with_ymd_and_hms(2026, 11, 19, 0, 0, 0).unwrap()).num_minutes();
+        match &a.provider {
+            ProviderSettings::Fluximage(_) => {
+                let used = 10 + minutes / 7;
+                let body = format!(
+                    r#"{{"plan":"pro","compressor_used":{used},"compressor_limit":5000,"ia_credits_used":{used},"ia_credits_monthly":5000,"ia_topup_credits":0,"ia_credits_remaining":{},"canCompress":true,"canUseIA":true}}"#,
+                    5000 - used
+                );
+                fluximage::parse(body.as_bytes(), a.billing_anchor.unwrap()).unwrap()
+            }
+            ProviderSettings::Imagerouter(s) => {
+                let keys: Vec<String> = (0..3)
+                    .filter(|&k| k != 2 || !(100..130).contains(&i))
+                    .map(|k| {
+                        let spent = (minutes as f64) * (k + 1) as f64 / 1000.0;
+                        format!(
+                            r#"{{"api_key_id":"id-{k}","api_key_name":"key-{k}","credit_usage":"{spent:.4}","total_requests":{k},"created_at":null,"is_active":true,"spend_limit":null,"spend_limit_period":null,"period_spend":"{spent:.4}","period_start":null,"expires_at":null}}"#
+                        )
+                    })
+                    .collect();
+                let spent = minutes as f64 / 100.0;
+                let body = format!(
+                    r#"{{"remaining_credits":"{:.4}","credit_usage":"{spent:.4}","total_deposits":"1000.0000","usage_by_api_key":[{}]}}"#,
+                    1000.0 - spent,
+                    keys.join(",")
+                );
+                imagerouter::parse(body.as_bytes(), now, s.per_key).unwrap()
+            }
+            ProviderSettings::Floow(s) => {
+                let today = now.date_naive();
+                let first = NaiveDate::from_ymd_opt(2026, 10, 1).unwrap();
+                let days: Vec<String> = first
+                    .iter_days()
+                    .take_while(|d| *d <= today)
+                    .map(|d| {
+                        let credits = if d == today {
+                            // Faster as the day goes on, so interpolating across a
+                            // missing sample would show.
+                            let m = (now - d.and_hms_opt(0, 0, 0).unwrap().and_utc()).num_minutes();
+                            m * m / 2000
+                        } else {
+                            100 + (d.ordinal() as i64 * 37) % 200
+                        };
+                        format!(r#"{{"date":"{d}","calls":1,"credits":{credits}}}"#)
+                    })
+                    .collect();
+                let body = format!(
+                    r#"{{"period":{{"start":"2026-10-01T00:00:00.000Z"}},"summary":{{"byEndpoint":{{}}}},"daily":[{}]}}"#,
+                    days.join(",")
+                );
+                floow::parse(
+                    body.as_bytes(),
+                    now,
+                    a.billing_anchor.unwrap(),
+                    s.monthly_allowance,
+                )
+                .unwrap()
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    use chrono::Datelike;
+
+    /// The writer's memory (ledgers, cursors) must give exactly what reading the store every
+    /// time gives, through everything that changes the store underneath it: hourly compaction
+    /// and pruning, a gap, the clock stepping back, history written into the past, a key that
+    /// vanishes and returns, and polls batched together.
+    #[test]
+    fn the_writer_gives_what_reading_the_store_every_time_gives() {
+        let accounts = accounts();
+        let (kept, fresh) = (Store::in_memory(), Store::in_memory());
+        let mut tracker = Tracker::default();
+        // The 3-hour gap at poll 150 spans midnight, so Floow's history writes a sample inside
+        // the windows of the first poll after it.
+        let mut now = Utc.with_ymd_and_hms(2026, 11, 19, 15, 30, 0).unwrap();
+        let mut pending: Vec<(Job, Outcome)> = Vec::new();
+        let mut seed: u64 = 7;
+        let mut rand = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let flush = |tracker: &mut Tracker, pending: &mut Vec<(Job, Outcome)>| {
+            let (jobs, expected): (Vec<Job>, Vec<Outcome>) = pending.drain(..).unzip();
+            let got = tracker.ingest_batch(&kept, jobs);
+            for (g, e) in got.into_iter().zip(expected) {
+                assert!(g.1.is_none() && e.1.is_none());
+                assert_eq!(g.0, e.0, "at {}", e.0.at);
+            }
+        };
+        let mut compared = 0;
+        for i in 0..420 {
+            now += match i {
+                150 => Span::hours(3),
+                250 => Span::minutes(-10),
+                _ => Span::seconds(60 + rand(240) as i64),
+            };
+            // About hourly, on its own schedule as the daemon's maintenance is.
+            if i % 20 == 5 {
+                flush(&mut tracker, &mut pending);
+                for s in [&kept, &fresh] {
+                    s.compact(now.timestamp_millis()).unwrap();
+                    s.prune((now - Span::hours(3)).timestamp_millis()).unwrap();
+                }
+            }
+            for a in &accounts {
+                let r = reading(a, now, i);
+                let expected = ingest(&fresh, a, r.clone(), now);
+                let job = Job {
+                    account: a.clone(),
+                    reading: r,
+                    now,
+                };
+                pending.push((job, expected));
+                compared += 1;
+            }
+            if rand(3) == 0 {
+                flush(&mut tracker, &mut pending);
+            }
+        }
+        flush(&mut tracker, &mut pending);
+        assert_eq!(compared, 1260);
+        // The comparison saw burn rates, not only empty forecasts.
+        let last = ingest(&fresh, &accounts[1], reading(&accounts[1], now, 420), now).0;
+        assert!(
+            last.pools.iter().all(|p| p.forecast.burn.len() == 2),
+            "{last:?}"
+        );
+        assert_eq!(
+            kept.total_samples().unwrap(),
+            fresh.total_samples().unwrap()
+        );
+    }
+
+    /// One poll whose write fails does not undo the others in its batch; it is still served,
+    /// and once the store accepts writes again nothing it consumed meanwhile is lost.
+    #[test]
+    fn a_failed_write_is_isolated_and_loses_nothing() {
+        let accounts = accounts();
+        let store = Store::in_memory();
+        let mut tracker = Tracker::default();
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 20, 6, 0, 0).unwrap();
+        let job = |a: &AccountConfig, t: DateTime<Utc>, i| Job {
+            account: a.clone(),
+            reading: reading(a, t, i),
+            now: t,
+        };
+        let batch = |tracker: &mut Tracker, t: DateTime<Utc>, i| {
+            let jobs = accounts.iter().map(|a| job(a, t, i)).collect();
+            tracker.ingest_batch(&store, jobs)
+        };
+        for (i, out) in batch(&mut tracker, t0, 0).iter().enumerate() {
+            assert!(out.1.is_none(), "{i}: {:?}", out.1);
+        }
+        store.execute_for_test(
+            "CREATE TRIGGER refuse BEFORE INSERT ON samples WHEN NEW.account = 'images'
+             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
+        );
+        let t1 = t0 + Span::minutes(70);
+        let out = batch(&mut tracker, t1, 1);
+        let err = out[0].1.as_ref().expect("the images write fails");
+        assert!(err.to_string().contains("refused for the test"), "{err}");
+        assert!(out[1].1.is_none() && out[2].1.is_none());
+        // Still served: the reading's values, and the total including its consumption (the
+        // poller keeps it from going below what was served).
+        let ai = |s: &Snapshot| {
+            s.pools
+                .iter()
+                .find(|p| p.reading.pool == "ai")
+                .map(|p| p.consumed_total)
+                .unwrap()
+        };
+        // Minutes since 2026-11-19: 10 + 1800/7 = 267 used at t0, 10 + 1870/7 = 277 at t1.
+        assert_eq!(ai(&out[0].0), 10.0);
+        assert_eq!(store.ledgers("images").unwrap().len(), 2);
+        assert_eq!(store.sample_count("images").unwrap(), 2);
+        // The others were written in the same batch: a pool each, polled twice.
+        assert_eq!(store.sample_count("router").unwrap(), 2);
+        // Floow: two live samples and the backfilled midnight that anchors the 1h window.
+        assert_eq!(store.sample_count("floow").unwrap(), 3);
+        store.execute_for_test("DROP TRIGGER refuse;");
+        let t2 = t1 + Span::minutes(70);
+        let out = batch(&mut tracker, t2, 2);
+        assert!(out.iter().all(|o| o.1.is_none()));
+        // 10 + 1940/7 = 287: everything since t0 counted once.
+        assert_eq!(ai(&out[0].0), 20.0);
+        assert_eq!(
+            store.ledgers("images").unwrap()[&PoolId {
+                pool: "ai".into(),
+                key: String::new()
+            }]
+                .consumed,
+            20.0
+        );
+    }
+}
