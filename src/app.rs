@@ -429,6 +429,9 @@ impl Supervisor {
             p.cancel.cancel();
             let _ = p.task.await;
         }
+        // A poll cancelled while its reading waited for the writer is still recorded: wait
+        // for the writer to get through what was queued.
+        self.deps.writer.flush().await;
         // Stop accepting, make sure every cost booked so far is committed, then let requests in
         // flight finish (bounded by the caller's grace period).
         let proxies: Vec<_> = self

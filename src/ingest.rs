@@ -72,30 +72,44 @@ pub fn ingest(
 /// Handle to the writer thread; cheap to clone. The thread ends when the last handle is dropped.
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::UnboundedSender<(Job, oneshot::Sender<Outcome>)>,
+    queue: mpsc::UnboundedSender<Request>,
+}
+
+enum Request {
+    Ingest(Job, oneshot::Sender<Outcome>),
+    /// Answered once everything queued before it is written.
+    Flush(oneshot::Sender<()>),
 }
 
 impl Writer {
     /// Starts the writer thread on `store`.
     pub fn start(store: Store) -> Writer {
-        let (queue, mut rx) = mpsc::unbounded_channel::<(Job, oneshot::Sender<Outcome>)>();
+        let (queue, mut rx) = mpsc::unbounded_channel::<Request>();
         std::thread::Builder::new()
             .name("creditwatch-writer".into())
             .spawn(move || {
                 let mut tracker = Tracker::default();
-                while let Some(first) = rx.blocking_recv() {
-                    let mut pools = first.0.reading.pools.len();
-                    let mut batch = vec![first];
-                    while pools < BATCH_POOLS {
-                        match rx.try_recv() {
-                            Ok(next) => {
-                                pools += next.0.reading.pools.len();
-                                batch.push(next);
+                let mut next = rx.blocking_recv();
+                while let Some(first) = next.take() {
+                    let mut jobs = Vec::new();
+                    let mut replies = Vec::new();
+                    let mut flushes = Vec::new();
+                    let mut pools = 0;
+                    let mut request = Some(first);
+                    // Whatever queued while the last batch was written goes in this one.
+                    while let Some(r) = request.take() {
+                        match r {
+                            Request::Ingest(job, reply) => {
+                                pools += job.reading.pools.len();
+                                jobs.push(job);
+                                replies.push(reply);
                             }
-                            Err(_) => break,
+                            Request::Flush(done) => flushes.push(done),
+                        }
+                        if pools < BATCH_POOLS {
+                            request = rx.try_recv().ok();
                         }
                     }
-                    let (jobs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                     let run = std::panic::AssertUnwindSafe(|| tracker.ingest_batch(&store, jobs));
                     match std::panic::catch_unwind(run) {
                         Ok(outcomes) => {
@@ -108,6 +122,10 @@ impl Writer {
                         // held may be half-updated, so start again from the store.
                         Err(_) => tracker = Tracker::default(),
                     }
+                    for done in flushes {
+                        let _ = done.send(());
+                    }
+                    next = rx.blocking_recv();
                 }
             })
             .expect("the writer thread starts");
@@ -118,9 +136,17 @@ impl Writer {
     pub async fn ingest(&self, job: Job) -> Outcome {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((job, reply))
+            .send(Request::Ingest(job, reply))
             .unwrap_or_else(|_| panic!("the writer thread has stopped"));
         answer.await.expect("ingest does not panic")
+    }
+
+    /// Waits until every reading queued so far is written.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.queue.send(Request::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
     }
 }
 
@@ -453,6 +479,7 @@ mod tests {
     use crate::config::Config;
     use crate::providers::{ProviderSettings, floow, fluximage, imagerouter};
     use chrono::{Duration as Span, NaiveDate, TimeZone};
+    use futures_util::FutureExt;
     use std::path::Path;
 
     fn accounts() -> Vec<AccountConfig> {
@@ -687,5 +714,57 @@ forecast_window = "10m"
                 .consumed,
             20.0
         );
+    }
+
+    /// Polls that reach the writer together are written together and each gets its own answer;
+    /// a poll abandoned while it waited (shutdown) is still written, which `flush` waits for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_thread_answers_each_poll_and_flush_waits_for_abandoned_ones() {
+        let accounts = accounts();
+        let store = Store::in_memory();
+        let writer = Writer::start(store.clone());
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 20, 6, 0, 0).unwrap();
+        let mut polls = Vec::new();
+        for round in 0..10 {
+            for a in &accounts {
+                let t = t0 + Span::minutes(5 * round) + Span::seconds(accounts.len() as i64);
+                let (writer, a) = (writer.clone(), a.clone());
+                polls.push(tokio::spawn(async move {
+                    let job = Job {
+                        reading: reading(&a, t, round as usize),
+                        account: a,
+                        now: t,
+                    };
+                    writer.ingest(job).await
+                }));
+            }
+            for (snapshot, error) in futures_util::future::join_all(polls.drain(..))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+            {
+                assert!(error.is_none());
+                assert_eq!(
+                    snapshot.at,
+                    t0 + Span::minutes(5 * round) + Span::seconds(3)
+                );
+            }
+        }
+        assert_eq!(store.sample_count("images").unwrap(), 2 * 10);
+        let late = t0 + Span::hours(2);
+        let job = Job {
+            account: accounts[0].clone(),
+            reading: reading(&accounts[0], late, 30),
+            now: late,
+        };
+        // The writer waits for the store; the poll is polled once (its reading queued), then
+        // dropped, as a poll cancelled at shutdown is.
+        let held = store.hold_for_test();
+        assert!(writer.ingest(job).now_or_never().is_none());
+        let mut flushed = Box::pin(writer.flush());
+        assert!((&mut flushed).now_or_never().is_none());
+        drop(held);
+        flushed.await;
+        assert_eq!(store.sample_count("images").unwrap(), 2 * 11);
     }
 }

@@ -855,6 +855,12 @@ impl Store {
         &self.path
     }
 
+    /// Holds the store's connection, for tests that need the writer to wait.
+    #[cfg(test)]
+    pub(crate) fn hold_for_test(&self) -> MutexGuard<'_, Connection> {
+        self.conn()
+    }
+
     /// Runs raw SQL, for tests that break the store on purpose.
     #[cfg(test)]
     pub(crate) fn execute_for_test(&self, sql: &str) {
