@@ -28,6 +28,7 @@ use crate::state::{PoolState, Snapshot};
 use crate::store::{Batch, Ledger, PoolId, SampleRow, Store, StoreError};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -41,7 +42,7 @@ pub const BATCH_POOLS: usize = 50_000;
 
 /// One poll's reading, to ingest.
 pub struct Job {
-    pub account: AccountConfig,
+    pub account: Arc<AccountConfig>,
     pub reading: Reading,
     pub now: DateTime<Utc>,
 }
@@ -59,7 +60,7 @@ pub fn ingest(
     now: DateTime<Utc>,
 ) -> Outcome {
     let job = Job {
-        account: account.clone(),
+        account: Arc::new(account.clone()),
         reading,
         now,
     };
@@ -629,7 +630,7 @@ forecast_window = "10m"
                 let r = reading(a, now, i);
                 let expected = ingest(&fresh, a, r.clone(), now);
                 let job = Job {
-                    account: a.clone(),
+                    account: Arc::new(a.clone()),
                     reading: r,
                     now,
                 };
@@ -663,7 +664,7 @@ forecast_window = "10m"
         let mut tracker = Tracker::default();
         let t0 = Utc.with_ymd_and_hms(2026, 11, 20, 6, 0, 0).unwrap();
         let job = |a: &AccountConfig, t: DateTime<Utc>, i| Job {
-            account: a.clone(),
+            account: Arc::new(a.clone()),
             reading: reading(a, t, i),
             now: t,
         };
@@ -732,7 +733,7 @@ forecast_window = "10m"
                 polls.push(tokio::spawn(async move {
                     let job = Job {
                         reading: reading(&a, t, round as usize),
-                        account: a,
+                        account: Arc::new(a),
                         now: t,
                     };
                     writer.ingest(job).await
@@ -753,7 +754,7 @@ forecast_window = "10m"
         assert_eq!(store.sample_count("images").unwrap(), 2 * 10);
         let late = t0 + Span::hours(2);
         let job = Job {
-            account: accounts[0].clone(),
+            account: Arc::new(accounts[0].clone()),
             reading: reading(&accounts[0], late, 30),
             now: late,
         };

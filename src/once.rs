@@ -35,7 +35,8 @@ pub async fn run(config: &Config, clock: Arc<dyn Clock>) -> Result<OnceOutcome, 
     }
     let polls = config.accounts.iter().map(|a| {
         let deps = deps.clone();
-        async move { (a.name.clone(), poller::poll_once(a, &deps).await) }
+        let a = Arc::new(a.clone());
+        async move { (a.name.clone(), poller::poll_once(&a, &deps).await) }
     });
     let results = futures_util::future::join_all(polls).await;
     let failed = results

@@ -117,7 +117,7 @@ pub async fn run(account: Arc<AccountConfig>, deps: PollerDeps, cancel: Cancella
 
 /// One poll: fetch, ingest, update state. Errors are recorded in state and logged, never raised
 /// past the account.
-pub async fn poll_once(account: &AccountConfig, deps: &PollerDeps) -> Result<(), PollError> {
+pub async fn poll_once(account: &Arc<AccountConfig>, deps: &PollerDeps) -> Result<(), PollError> {
     let permit = deps.limit.acquire().await.expect("semaphore never closed");
     let now = deps.clock.now();
     let started = Instant::now();
@@ -139,7 +139,7 @@ pub async fn poll_once(account: &AccountConfig, deps: &PollerDeps) -> Result<(),
         Ok(mut reading) => {
             reading.redact(&account.secrets());
             let job = Job {
-                account: account.clone(),
+                account: Arc::clone(account),
                 reading,
                 now,
             };

@@ -89,7 +89,7 @@ pub fn run(
                 next_maintenance += chrono::Duration::hours(1);
             }
             pending.push(Job {
-                account: account.clone(),
+                account: std::sync::Arc::new(account.clone()),
                 reading: reading(account, *index, keys, now),
                 now,
             });
