@@ -28,7 +28,7 @@ pub const REVISION: &str = env!("CREDITWATCH_REVISION");
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// [`Exporter::stream`] hands out the text in chunks of about this size.
-pub const CHUNK_BYTES: usize = 256 * 1024;
+pub const CHUNK_BYTES: usize = 32 * 1024;
 
 const ACCOUNT: &[&str] = &["provider", "account"];
 const POOL: &[&str] = &["provider", "account", "pool", "key"];
