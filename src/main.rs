@@ -85,7 +85,27 @@ fn init_logging(format: LogFormat) {
 /// and `/metrics` rendering.
 const BLOCKING_THREADS: usize = 4;
 
+/// Caps glibc's malloc arenas at one per core. By default glibc gives up to eight per core, and
+/// each thread that allocates (tokio's workers, the blocking pool rendering `/metrics`, the store
+/// writer) ends up with an arena of its own that keeps what was freed in it; threads can only run
+/// on as many cores at once, so more arenas buy no throughput. Measured with 4 concurrent
+/// scrapers: peak RSS 43 → 39 MiB at 1,000 accounts. One arena saved as much but halved the
+/// scrapes served. Not glibc (musl): nothing to cap.
+fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets a malloc parameter; called first thing in main, before
+        // any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    cap_malloc_arenas();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     // A few blocking threads are enough: ingests queue for the one store connection anyway,

@@ -5,8 +5,9 @@
 //! half-updated account: each account is read from one consistent snapshot.
 //!
 //! The text is written directly, family by family, in the Prometheus text format (version 0.0.4):
-//! no intermediate protobuf families, and the label text of each account and pool is formatted
-//! once per scrape and reused by every family. [`Exporter::stream`] hands the text out in chunks
+//! no intermediate protobuf families, and the label text of each account is formatted once per
+//! scrape and reused by every family (a pool's, key's or endpoint's own labels are written in
+//! place, so a scrape holds no label text per pool). [`Exporter::stream`] hands the text out in chunks
 //! as it is written, so a scrape of ten thousand accounts never holds the whole exposition in
 //! memory, and concurrent scrapes do not multiply it.
 
@@ -268,16 +269,18 @@ struct Out<'a> {
 
 impl Out<'_> {
     /// One sample: `name{labels,extra="value"} value`.
-    fn sample(&mut self, name: &str, labels: &str, extra: Option<(&str, &str)>, value: f64) {
+    fn sample(&mut self, name: &str, labels: &str, extra: &[(&str, &str)], value: f64) {
         let b = &mut self.buf;
         b.push_str(name);
-        if !labels.is_empty() || extra.is_some() {
+        if !labels.is_empty() || !extra.is_empty() {
             b.push('{');
             b.push_str(labels);
-            if let Some((k, v)) = extra {
-                if !labels.is_empty() {
+            let mut first = labels.is_empty();
+            for (k, v) in extra {
+                if !first {
                     b.push(',');
                 }
+                first = false;
                 b.push_str(k);
                 b.push_str("=\"");
                 escape_into(b, v, true);
@@ -311,60 +314,12 @@ impl Out<'_> {
     }
 }
 
-/// The label text of one account's series, formatted once per scrape.
-struct Labels {
-    /// `provider="…",account="…"`.
-    account: String,
-    /// Account labels plus `pool` and `key`, one per pool of the snapshot.
-    pools: Vec<String>,
-    /// Account labels plus `key`, one per API key of the snapshot.
-    keys: Vec<String>,
-    /// Account labels plus `endpoint` and `label`, one per endpoint of the snapshot.
-    endpoints: Vec<String>,
-}
-
-impl Labels {
-    fn of(name: &str, a: &AccountState) -> Labels {
-        let account = labels(&[("provider", a.provider), ("account", name)]);
-        let extend = |pairs: &[(&str, &str)]| {
-            let mut l = account.clone();
-            for (k, v) in pairs {
-                push_label(&mut l, k, v);
-            }
-            l
-        };
-        let (mut pools, mut keys, mut endpoints) = (Vec::new(), Vec::new(), Vec::new());
-        if let Some(snap) = &a.snapshot {
-            pools = snap
-                .pools
-                .iter()
-                .map(|p| extend(&[("pool", &p.reading.pool), ("key", &p.reading.key)]))
-                .collect();
-            keys = snap
-                .keys
-                .iter()
-                .map(|k| extend(&[("key", &k.key)]))
-                .collect();
-            endpoints = snap
-                .endpoints
-                .iter()
-                .map(|e| extend(&[("endpoint", &e.endpoint), ("label", &e.label)]))
-                .collect();
-        }
-        Labels {
-            account,
-            pools,
-            keys,
-            endpoints,
-        }
-    }
-}
-
 /// Everything one scrape reads, copied out of the state once.
 struct Scrape {
     reload: ReloadStatus,
     alerting: AlertingStatus,
-    accounts: Vec<(AccountState, Labels)>,
+    /// Each account with its `provider` and `account` label text, formatted once per scrape.
+    accounts: Vec<(AccountState, String)>,
     /// A fluxrouter account's proxy counters and its `provider`/`account` labels.
     proxies: Vec<(String, Counters, String)>,
 }
@@ -375,7 +330,7 @@ impl Scrape {
             .accounts()
             .into_iter()
             .map(|(name, a)| {
-                let l = Labels::of(&name, &a);
+                let l = labels(&[("provider", a.provider), ("account", &name)]);
                 (a, l)
             })
             .collect();
@@ -399,7 +354,7 @@ impl Scrape {
     fn family(&self, out: &mut Out<'_>, spec: &Spec) -> bool {
         let name = spec.name.as_str();
         let mut any = false;
-        let mut emit = |out: &mut Out<'_>, labels: &str, extra: Option<(&str, &str)>, v: f64| {
+        let mut emit = |out: &mut Out<'_>, labels: &str, extra: &[(&str, &str)], v: f64| {
             out.sample(name, labels, extra, v);
             any = true;
         };
@@ -407,20 +362,20 @@ impl Scrape {
             Src::BuildInfo => emit(
                 out,
                 &labels(&[("version", VERSION), ("revision", REVISION)]),
-                None,
+                &[],
                 1.0,
             ),
-            Src::ReloadOk => emit(out, "", None, bool_f(self.reload.last_successful)),
+            Src::ReloadOk => emit(out, "", &[], bool_f(self.reload.last_successful)),
             Src::ReloadTime => {
                 if let Some(t) = self.reload.last_success {
-                    emit(out, "", None, secs(t));
+                    emit(out, "", &[], secs(t));
                 }
             }
             Src::Notifications => {
                 for (receiver, (ok, failed)) in &self.alerting.notifications {
                     for (result, n) in [("success", ok), ("failure", failed)] {
                         let l = labels(&[("receiver", receiver), ("result", result)]);
-                        emit(out, &l, None, *n as f64);
+                        emit(out, &l, &[], *n as f64);
                     }
                 }
             }
@@ -434,7 +389,7 @@ impl Scrape {
                     }
                     for ((name, phase), n) in counts {
                         let l = labels(&[("alertname", name), ("state", phase)]);
-                        emit(out, &l, None, n as f64);
+                        emit(out, &l, &[], n as f64);
                     }
                 }
             }
@@ -465,42 +420,42 @@ impl Scrape {
     }
 }
 
-type Emit<'e> = dyn FnMut(&mut Out<'_>, &str, Option<(&str, &str)>, f64) + 'e;
+type Emit<'e> = dyn FnMut(&mut Out<'_>, &str, &[(&str, &str)], f64) + 'e;
+
+/// A pool's own labels, written after its account's.
+fn pool(p: &crate::state::PoolState) -> [(&'static str, &str); 2] {
+    [("pool", &p.reading.pool), ("key", &p.reading.key)]
+}
 
 /// The samples of one account-level, pool, key or endpoint family for one account.
-fn account_samples(src: Src, a: &AccountState, l: &Labels, emit: &mut Emit<'_>, out: &mut Out<'_>) {
+fn account_samples(src: Src, a: &AccountState, l: &str, emit: &mut Emit<'_>, out: &mut Out<'_>) {
     match src {
-        Src::Up if a.attempts > 0 => emit(out, &l.account, None, bool_f(a.up)),
+        Src::Up if a.attempts > 0 => emit(out, l, &[], bool_f(a.up)),
         Src::ScrapeDuration => {
             if let Some(d) = a.last_duration_seconds {
-                emit(out, &l.account, None, d);
+                emit(out, l, &[], d);
             }
         }
         Src::ScrapeErrors => {
             for (reason, n) in &a.errors {
-                emit(out, &l.account, Some(("reason", reason)), *n as f64);
+                emit(out, l, &[("reason", reason)], *n as f64);
             }
         }
         // Kept when stale values are dropped: it is what tells how old they were.
         Src::LastSuccess => {
             if let Some(t) = a.last_success {
-                emit(out, &l.account, None, secs(t));
+                emit(out, l, &[], secs(t));
             }
         }
         _ => {}
     }
     let Some(snap) = &a.snapshot else { return };
     let unit_of = |u: Unit| move |p: &&crate::state::PoolState| p.reading.unit == u;
-    let pools = || snap.pools.iter().zip(&l.pools);
+    let pools = || snap.pools.iter();
     match src {
-        Src::AccountInfo => emit(
-            out,
-            &l.account,
-            Some(("plan", snap.plan.as_deref().unwrap_or(""))),
-            1.0,
-        ),
+        Src::AccountInfo => emit(out, l, &[("plan", snap.plan.as_deref().unwrap_or(""))], 1.0),
         Src::Remaining(u) | Src::Used(u) | Src::Limit(u) => {
-            for (p, pl) in pools().filter(|(p, _)| unit_of(u)(p)) {
+            for p in pools().filter(unit_of(u)) {
                 let r = &p.reading;
                 let v = match src {
                     Src::Remaining(_) => r.remaining,
@@ -508,76 +463,78 @@ fn account_samples(src: Src, a: &AccountState, l: &Labels, emit: &mut Emit<'_>, 
                     _ => r.limit,
                 };
                 if let Some(v) = v {
-                    emit(out, pl, None, v);
+                    emit(out, l, &pool(p), v);
                 }
             }
         }
         Src::Ratio => {
-            for (p, pl) in pools() {
+            for p in pools() {
                 if let (Some(rem), Some(lim)) = (p.reading.remaining, p.reading.limit)
                     && lim > 0.0
                 {
-                    emit(out, pl, None, (rem / lim).clamp(0.0, 1.0));
+                    emit(out, l, &pool(p), (rem / lim).clamp(0.0, 1.0));
                 }
             }
         }
         Src::Consumed(u) => {
-            for (p, pl) in pools().filter(|(p, _)| unit_of(u)(p)) {
-                emit(out, pl, None, p.consumed_total);
+            for p in pools().filter(unit_of(u)) {
+                emit(out, l, &pool(p), p.consumed_total);
             }
         }
         Src::Burn(u) => {
-            for (p, pl) in pools().filter(|(p, _)| unit_of(u)(p)) {
+            for p in pools().filter(unit_of(u)) {
                 for (window, v) in &p.forecast.burn {
-                    emit(out, pl, Some(("window", window)), *v);
+                    let [pl, kl] = pool(p);
+                    emit(out, l, &[pl, kl, ("window", window)], *v);
                 }
                 if let Some(v) = p.forecast.burn_period {
-                    emit(out, pl, Some(("window", "period")), v);
+                    let [pl, kl] = pool(p);
+                    emit(out, l, &[pl, kl, ("window", "period")], v);
                 }
             }
         }
         Src::PeriodStart | Src::Reset => {
-            for (p, pl) in pools() {
+            for p in pools() {
                 if let Some(period) = p.period {
                     let t = if src == Src::Reset {
                         period.end
                     } else {
                         period.start
                     };
-                    emit(out, pl, None, secs(t));
+                    emit(out, l, &pool(p), secs(t));
                 }
             }
         }
         Src::Exhaustion => {
-            for (p, pl) in pools() {
+            for p in pools() {
                 if let Some(v) = p.forecast.exhaustion {
-                    emit(out, pl, None, v);
+                    emit(out, l, &pool(p), v);
                 }
             }
         }
         Src::Projected(u) => {
-            for (p, pl) in pools().filter(|(p, _)| unit_of(u)(p)) {
+            for p in pools().filter(unit_of(u)) {
                 if let Some(v) = p.forecast.projected_remaining_at_reset {
-                    emit(out, pl, None, v);
+                    emit(out, l, &pool(p), v);
                 }
             }
         }
         Src::ExhaustsBeforeReset => {
-            for (p, pl) in pools() {
+            for p in pools() {
                 if let Some(v) = p.forecast.exhausts_before_reset {
-                    emit(out, pl, None, bool_f(v));
+                    emit(out, l, &pool(p), bool_f(v));
                 }
             }
         }
         Src::PoolAvailable => {
-            for (p, pl) in pools() {
+            for p in pools() {
                 if let Some(v) = p.reading.available {
-                    emit(out, pl, None, bool_f(v));
+                    emit(out, l, &pool(p), bool_f(v));
                 }
             }
         }
         Src::KeyExpiry | Src::KeyActive | Src::KeyRequests | Src::KeySpent => {
-            for (k, kl) in snap.keys.iter().zip(&l.keys) {
+            for k in &snap.keys {
                 let v = match src {
                     Src::KeyExpiry => k.expires_at.map(secs),
                     Src::KeyActive => Some(bool_f(k.active)),
@@ -585,18 +542,18 @@ fn account_samples(src: Src, a: &AccountState, l: &Labels, emit: &mut Emit<'_>, 
                     _ => k.spent_usd,
                 };
                 if let Some(v) = v {
-                    emit(out, kl, None, v);
+                    emit(out, l, &[("key", &k.key)], v);
                 }
             }
         }
         Src::EndpointCalls | Src::EndpointCredits => {
-            for (e, el) in snap.endpoints.iter().zip(&l.endpoints) {
+            for e in &snap.endpoints {
                 let v = if src == Src::EndpointCalls {
                     e.calls
                 } else {
                     e.credits
                 };
-                emit(out, el, None, v);
+                emit(out, l, &[("endpoint", &e.endpoint), ("label", &e.label)], v);
             }
         }
         _ => {}
@@ -618,17 +575,17 @@ fn proxy_samples(src: Src, c: &Counters, account: &str, emit: &mut Emit<'_>, out
         Src::ProxyRequests => {
             for ((model, code), n) in &c.requests {
                 let l = with(&[("model", model), ("code", &code.to_string())]);
-                emit(out, &l, None, *n as f64);
+                emit(out, &l, &[], *n as f64);
             }
         }
         Src::ProxyCost => {
             for (model, cost) in &c.cost {
-                emit(out, &with(&[("model", model)]), None, usd(cost));
+                emit(out, &with(&[("model", model)]), &[], usd(cost));
             }
         }
         Src::ProxyUnpriced => {
             for (model, n) in &c.unpriced {
-                emit(out, &with(&[("model", model)]), None, *n as f64);
+                emit(out, &with(&[("model", model)]), &[], *n as f64);
             }
         }
         Src::ProxyKeyRequests | Src::ProxyKeyCost => {
@@ -638,10 +595,10 @@ fn proxy_samples(src: Src, c: &Counters, account: &str, emit: &mut Emit<'_>, out
                 } else {
                     usd(cost)
                 };
-                emit(out, &with(&[("key", key)]), None, v);
+                emit(out, &with(&[("key", key)]), &[], v);
             }
         }
-        Src::ProxyWriteErrors => emit(out, account, None, c.write_errors as f64),
+        Src::ProxyWriteErrors => emit(out, account, &[], c.write_errors as f64),
         _ => {}
     }
 }
