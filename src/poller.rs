@@ -78,9 +78,9 @@ pub async fn run(account: Arc<AccountConfig>, deps: PollerDeps, cancel: Cancella
     let mut last_success: Option<tokio::time::Instant> = None;
     let mut expired = false;
     loop {
-        let outcome = tokio::select! {
+        let (outcome, began) = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = poll_once(&account, &deps) => r,
+            r = poll_timed(&account, &deps) => r,
         };
         if outcome.is_ok() {
             failures = 0;
@@ -90,7 +90,16 @@ pub async fn run(account: Arc<AccountConfig>, deps: PollerDeps, cancel: Cancella
             failures = failures.saturating_add(1);
         }
         let wait = next_wait(&outcome, failures, account.interval, fastrand::f64());
-        let wake = tokio::time::Instant::now() + wait;
+        // A healthy account is polled every `interval` from the start of its last poll, not from
+        // its end: time spent waiting for the writer does not stretch the interval, and accounts
+        // whose first polls were spread out by `max_concurrent_polls` stay spread out instead of
+        // coming due together again. Retries count from the failure.
+        let from = if outcome.is_ok() {
+            began
+        } else {
+            tokio::time::Instant::now()
+        };
+        let wake = from + wait;
         loop {
             let stale_at = match (account.stale_after, last_success) {
                 (Some(s), Some(t)) if !expired => Some(t + s),
@@ -118,7 +127,25 @@ pub async fn run(account: Arc<AccountConfig>, deps: PollerDeps, cancel: Cancella
 /// One poll: fetch, ingest, update state. Errors are recorded in state and logged, never raised
 /// past the account.
 pub async fn poll_once(account: &Arc<AccountConfig>, deps: &PollerDeps) -> Result<(), PollError> {
+    poll_timed(account, deps).await.0
+}
+
+/// [`poll_once`], also returning when the poll began: once a slot among `max_concurrent_polls`
+/// was free.
+async fn poll_timed(
+    account: &Arc<AccountConfig>,
+    deps: &PollerDeps,
+) -> (Result<(), PollError>, tokio::time::Instant) {
     let permit = deps.limit.acquire().await.expect("semaphore never closed");
+    let began = tokio::time::Instant::now();
+    (poll_permitted(account, deps, permit).await, began)
+}
+
+async fn poll_permitted(
+    account: &Arc<AccountConfig>,
+    deps: &PollerDeps,
+    permit: tokio::sync::SemaphorePermit<'_>,
+) -> Result<(), PollError> {
     let now = deps.clock.now();
     let started = Instant::now();
     let proxy = deps.state.proxy(&account.name);
