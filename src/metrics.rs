@@ -356,6 +356,8 @@ impl Scrape {
         let mut any = false;
         let mut emit = |out: &mut Out<'_>, labels: &str, extra: &[(&str, &str)], v: f64| {
             out.sample(name, labels, extra, v);
+            // After each sample, not only each account: one account may hold 10,000 pools.
+            out.maybe_flush();
             any = true;
         };
         match spec.src {
