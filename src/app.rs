@@ -214,6 +214,11 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
     let server_cancel = cancel.clone();
     let server = match tls {
         None => tokio::spawn(async move {
+            // A chunked gzip answer otherwise stalls 40 ms on each delayed ACK (Nagle's
+            // algorithm holding back the last small segment): most of a small scrape's time.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let r = axum::serve(listener, router)
                 .with_graceful_shutdown(server_cancel.cancelled_owned())
                 .await;
