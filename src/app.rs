@@ -125,7 +125,6 @@ pub fn open_store(
             "STATE STORE UNUSABLE: moved aside and started with an empty store; history and consumed totals start again (the old file is kept for inspection)"
         );
     }
-    store.start_checkpointer(&path)?;
     Ok(store)
 }
 

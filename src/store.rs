@@ -25,13 +25,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// `age / COMPACT_RESOLUTION` of time.
 pub const COMPACT_RESOLUTION: i64 = 128;
 
-/// How often the checkpoint thread moves the write-ahead log into the database.
-pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The committing connection checkpoints by itself only past this many log pages (40 MiB),
-/// should the checkpoint thread fall behind ([`Store::start_checkpointer`]).
-pub const CHECKPOINT_BACKSTOP_PAGES: i64 = 10_000;
-
 /// The schema version this build writes. Bump it by appending to [`MIGRATIONS`].
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -129,8 +122,7 @@ pub enum StoreError {
     TooNew { path: String, found: i64 },
     #[error("state store {path}: {detail}")]
     Corrupt { path: String, detail: String },
-    /// A batch of writes could not begin or commit (every poll in it reports this), or the
-    /// thread that would checkpoint them could not start.
+    /// A batch of writes could not begin or commit; every poll in it reports this.
     #[error("state store {path}: {detail}")]
     Batch { path: String, detail: String },
 }
@@ -332,47 +324,6 @@ impl Store {
                 to,
             }),
         ))
-    }
-
-    /// Moves the write-ahead log into the database from a thread and connection of their own,
-    /// every [`CHECKPOINT_EVERY`], for as long as the store is open.
-    ///
-    /// Otherwise the connection that commits runs the checkpoint each time the log passes 1,000
-    /// pages, fsyncs included, while every poll waits for it. With 10,000 accounts and a day of
-    /// history that was most of a poll's wall time: each poll dirties a page of its own in a
-    /// 600 MiB file, so the log filled every second or so and each checkpoint wrote a thousand
-    /// scattered pages. A passive checkpoint from another connection does the same work without
-    /// holding up commits. The committing connection keeps its automatic checkpoint as a
-    /// backstop, at [`CHECKPOINT_BACKSTOP_PAGES`], should this thread fall behind.
-    pub fn start_checkpointer(&self, path: &Path) -> Result<(), StoreError> {
-        let conn = Connection::open(path).map_err(|e| self.err(e))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(|e| self.err(e))?;
-        self.conn()
-            .pragma_update(None, "wal_autocheckpoint", CHECKPOINT_BACKSTOP_PAGES)
-            .map_err(|e| self.err(e))?;
-        let open = Arc::downgrade(&self.conn);
-        let shown = self.path.clone();
-        std::thread::Builder::new()
-            .name("creditwatch-checkpoint".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(CHECKPOINT_EVERY);
-                    if open.strong_count() == 0 {
-                        return;
-                    }
-                    if let Err(e) =
-                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(store = %shown, error = %e, "write-ahead log checkpoint failed; retrying");
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Batch {
-                path: self.path.clone(),
-                detail: format!("cannot start the checkpoint thread: {e}"),
-            })?;
-        Ok(())
     }
 
     fn open_checked(path: &Path) -> Result<Store, StoreError> {
@@ -1305,48 +1256,6 @@ mod tests {
             period_start_ms: Some(0),
             consumed,
         }
-    }
-
-    /// The checkpoint thread moves committed pages into the database by itself: the write here
-    /// is well under the 1,000 pages at which the committing connection would, and the
-    /// backstop is set far higher still.
-    #[test]
-    fn the_checkpoint_thread_moves_the_log_into_the_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let s = Store::open(&path).unwrap();
-        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let rows: Vec<SampleRow> = (0..4000).map(|i| row(i * 1000, i as f64)).collect();
-        s.record("a", &rows).unwrap();
-        let before = size(&path);
-        let wal_pages: i64 = s
-            .conn()
-            .query_row("PRAGMA wal_checkpoint(NOOP)", [], |r| r.get(1))
-            .unwrap_or(0);
-        s.start_checkpointer(&path).unwrap();
-        let autocheckpoint: i64 = s
-            .conn()
-            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(autocheckpoint, CHECKPOINT_BACKSTOP_PAGES);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while size(&path) <= before {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the database file stayed at {before} bytes ({wal_pages} pages in the log)"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        // About 80 pages of samples and index.
-        assert!(
-            size(&path) > before + 50 * 4096,
-            "{before} -> {} bytes",
-            size(&path)
-        );
-        // The thread stops with the store.
-        drop(s);
-        let s = Store::open(&path).unwrap();
-        assert_eq!(s.sample_count("a").unwrap(), 4000);
     }
 
     #[test]
