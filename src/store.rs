@@ -1127,28 +1127,18 @@ fn insert_history(conn: &Connection, account: &str, history: &[SampleRow]) -> ru
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     for r in history {
-        past.execute(params![
-            account,
-            r.id.pool,
-            r.id.key,
-            r.ts_ms,
-            r.used,
-            r.remaining,
-            r.limit,
-            r.period_start_ms,
-            r.consumed
-        ])?;
+        insert_sample(&mut past, account, r)?;
     }
     Ok(())
 }
 
-fn write_row(
-    insert: &mut rusqlite::Statement<'_>,
-    ledger: &mut rusqlite::Statement<'_>,
+/// Binds a sample's columns, in the order of both sample inserts, and runs the statement.
+fn insert_sample(
+    stmt: &mut rusqlite::Statement<'_>,
     account: &str,
     r: &SampleRow,
-) -> rusqlite::Result<()> {
-    insert.execute(params![
+) -> rusqlite::Result<usize> {
+    stmt.execute(params![
         account,
         r.id.pool,
         r.id.key,
@@ -1158,7 +1148,16 @@ fn write_row(
         r.limit,
         r.period_start_ms,
         r.consumed
-    ])?;
+    ])
+}
+
+fn write_row(
+    insert: &mut rusqlite::Statement<'_>,
+    ledger: &mut rusqlite::Statement<'_>,
+    account: &str,
+    r: &SampleRow,
+) -> rusqlite::Result<()> {
+    insert_sample(insert, account, r)?;
     ledger.execute(params![
         account,
         r.id.pool,
