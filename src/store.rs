@@ -4,8 +4,8 @@
 //! ([`Store::compact`]) and dropped past the retention ([`Store::prune`]), so it stays the same
 //! size however long the daemon runs. `pools` is one row
 //! per pool with its cumulative consumption and last observation, so `consumed_total` survives
-//! restarts and pruning. Each poll's rows are written together: in a transaction of their own, or
-//! in a savepoint of a [`Batch`] that the writer thread commits for many polls at once. `proxy_totals` and
+//! restarts and pruning. Each poll's rows are written together, in a savepoint of a [`Batch`]: the
+//! writer thread commits many polls in one batch, [`Store::record`] writes a batch of one. `proxy_totals` and
 //! `proxy_requests` are the fluxrouter proxy's spend ledger and request log. The schema carries a
 //! version (`PRAGMA user_version`) and a list of migrations, applied in order on open. `alerts` and
 //! `notifications` hold the built-in alerter's state.
@@ -436,10 +436,9 @@ impl Store {
         rows: &[SampleRow],
         history: &[SampleRow],
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        record_in(&tx, account, rows, history).map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))
+        // A batch of one: its savepoint undoes a partial write, and the commit is its own.
+        let (written, committed) = self.batch(|b| b.record(account, rows, history));
+        written.and(committed)
     }
 
     /// How many times samples have been deleted since the store was opened. History kept in
@@ -1170,23 +1169,6 @@ fn write_row(
         r.limit,
         r.period_start_ms
     ])?;
-    Ok(())
-}
-
-fn record_in(
-    conn: &Connection,
-    account: &str,
-    rows: &[SampleRow],
-    history: &[SampleRow],
-) -> rusqlite::Result<()> {
-    if !history.is_empty() {
-        insert_history(conn, account, history)?;
-    }
-    let mut insert = conn.prepare_cached(INSERT_SAMPLE)?;
-    let mut ledger = conn.prepare_cached(UPSERT_LEDGER)?;
-    for r in rows {
-        write_row(&mut insert, &mut ledger, account, r)?;
-    }
     Ok(())
 }
 
