@@ -25,9 +25,9 @@ use crate::forecast::consumption::{Observation, consumed_between};
 use crate::forecast::{ForecastInput, Point, forecast};
 use crate::providers::Reading;
 use crate::state::{PoolState, Snapshot};
-use crate::store::{Batch, Ledger, PoolId, SampleRow, Store, StoreError};
+use crate::store::{Around, Batch, Ids, Ledger, PoolId, SampleRow, Store, StoreError};
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -163,7 +163,10 @@ pub struct Tracker {
 struct AccountTrack {
     /// The store's ledgers of the account, once read.
     ledgers: Option<BTreeMap<PoolId, Ledger>>,
-    cursors: HashMap<PoolId, Vec<Cursor>>,
+    /// The store's ids of the account and its pools.
+    ids: Ids,
+    /// Each pool's cursors (by pool id), one per burn window.
+    cursors: HashMap<i64, Vec<Cursor>>,
     /// Polled since the store's generation last changed; accounts that were not are forgotten
     /// then (removed by a reload, or polled less than hourly), and read again if they return.
     recent: bool,
@@ -219,38 +222,38 @@ impl Cursor {
         }
     }
 
-    /// The samples the burn over the window starting at `from` reads: the last before it and
-    /// the first at or after it, as [`crate::store::Store::window_points`] finds them.
-    fn around(
-        &mut self,
-        batch: &Batch<'_>,
-        account: &str,
-        id: &PoolId,
-        from: i64,
-        out: &mut Vec<Point>,
-    ) -> Result<(), StoreError> {
+    /// Moves the run forward to the window starting at `from`, and tells whether it still
+    /// holds the samples the burn over the window reads: the last before `from` and the first
+    /// at or after it. If not, [`Cursor::fill`] it from the store.
+    fn advance(&mut self, from: i64) -> bool {
         while self.run.len() >= 2 && self.run[1].0 < from {
             self.run.pop_front();
             self.from_oldest = false;
         }
-        let usable = !self.run.is_empty()
+        !self.run.is_empty()
             && (self.run[0].0 < from || self.from_oldest)
-            && (self.to_newest || self.run.iter().any(|s| s.0 >= from));
-        if !usable {
-            let (before, after) = batch.samples_around(account, id, from, CURSOR_SAMPLES)?;
-            self.from_oldest = before.is_none();
-            self.to_newest = after.len() < CURSOR_SAMPLES;
-            self.run.clear();
-            self.run.extend(before);
-            self.run.extend(after);
-        }
+            && (self.to_newest || self.run.iter().any(|s| s.0 >= from))
+    }
+
+    /// Replaces the run with what the store holds around the window's start
+    /// ([`Batch::refill`] with [`CURSOR_SAMPLES`]).
+    fn fill(&mut self, (before, after): Around) {
+        self.from_oldest = before.is_none();
+        self.to_newest = after.len() < CURSOR_SAMPLES;
+        self.run.clear();
+        self.run.extend(before);
+        self.run.extend(after);
+    }
+
+    /// The samples the burn over the window starting at `from` reads, as
+    /// [`crate::store::Store::window_points`] finds them; after [`Cursor::advance`].
+    fn points(&self, from: i64, out: &mut Vec<Point>) {
         let point = |&(ts, consumed): &(i64, f64)| Point {
             t: ts as f64 / 1000.0,
             consumed,
         };
         out.extend(self.run.front().filter(|s| s.0 < from).map(point));
         out.extend(self.run.iter().find(|s| s.0 >= from).map(point));
-        Ok(())
     }
 }
 
@@ -352,7 +355,7 @@ impl Tracker {
         let past = backfill::rows(&reading, &rows, ledgers, now_ms, since);
         let write = match ledger_error {
             Some(e) => Err(e),
-            None => batch.record(&account.name, &rows, &past),
+            None => batch.record(&account.name, &mut track.ids, &rows, &past),
         };
         let written = write.is_ok();
         if written {
@@ -377,16 +380,20 @@ impl Tracker {
                 l.last_ts_ms = r.ts_ms;
                 l.consumed = r.consumed;
                 l.last = last;
-                if let Some(cursors) = track.cursors.get_mut(&r.id) {
-                    for c in cursors {
-                        c.push(r.ts_ms, r.consumed);
-                    }
+                let cursors = track
+                    .ids
+                    .pool(&r.id)
+                    .and_then(|p| track.cursors.get_mut(&p));
+                for c in cursors.into_iter().flatten() {
+                    c.push(r.ts_ms, r.consumed);
                 }
             }
-            for p in &past {
-                if let Some(cursors) = track.cursors.get_mut(&p.id) {
-                    cursors.iter_mut().for_each(Cursor::reset);
-                }
+            for r in &past {
+                let cursors = track
+                    .ids
+                    .pool(&r.id)
+                    .and_then(|p| track.cursors.get_mut(&p));
+                cursors.into_iter().flatten().for_each(Cursor::reset);
             }
         } else {
             // The savepoint was rolled back; what was kept may not match the store.
@@ -397,21 +404,28 @@ impl Tracker {
             .iter()
             .map(|w| now_ms - w.duration.as_millis() as i64)
             .collect();
+        let unread = if written {
+            move_cursors(track, batch, &rows, &starts)
+        } else {
+            HashSet::new()
+        };
         let mut pools = Vec::with_capacity(rows.len());
         let mut points = Vec::with_capacity(2 * windows.len() + 1);
         for ((pool, row), period) in reading.pools.into_iter().zip(rows).zip(periods) {
             points.clear();
-            let found = if written {
-                window_points(track, batch, &account.name, &row, &starts, &mut points)
-            } else {
+            let found = match track.ids.pool(&row.id) {
+                Some(p) if written => window_points(track, p, &row, &starts, &unread, &mut points),
                 // What the store holds, which does not include this reading.
-                batch
+                _ => batch
                     .window_points(&account.name, &row.id, now_ms, &starts)
                     .map(|p| points = p)
+                    .is_ok(),
             };
-            if found.is_err() {
+            if !found {
                 points.clear();
-                track.cursors.remove(&row.id);
+                if let Some(p) = track.ids.pool(&row.id) {
+                    track.cursors.remove(&p);
+                }
             }
             let f = forecast(&ForecastInput {
                 points: &points,
@@ -440,30 +454,78 @@ impl Tracker {
     }
 }
 
-/// The samples around each window's start, from the pool's cursors, plus the sample just
-/// written: oldest first, without duplicates.
-fn window_points(
+/// Moves every written pool's cursor of each window to the window's start, and reads from the
+/// store those that no longer hold what the burn needs: for each window, one walk of the
+/// account's samples for all such pools ([`Batch::refill`]). Returns the pools whose cursors
+/// could not be read.
+fn move_cursors(
     track: &mut AccountTrack,
     batch: &Batch<'_>,
-    account: &str,
+    rows: &[SampleRow],
+    starts: &[i64],
+) -> HashSet<i64> {
+    let mut stale: Vec<HashSet<i64>> = vec![HashSet::new(); starts.len()];
+    for row in rows {
+        let Some(p) = track.ids.pool(&row.id) else {
+            continue;
+        };
+        let cursors = track.cursors.entry(p).or_default();
+        for (w, &from) in starts.iter().enumerate() {
+            if !cursor(cursors, row.ts_ms - from).advance(from) {
+                stale[w].insert(p);
+            }
+        }
+    }
+    let mut unread = HashSet::new();
+    let (Some(account_id), Some(now_ms)) = (track.ids.account(), rows.first().map(|r| r.ts_ms))
+    else {
+        return stale.into_iter().flatten().collect();
+    };
+    for (&from, pools) in starts.iter().zip(&stale) {
+        if pools.is_empty() {
+            continue;
+        }
+        match batch.refill(account_id, pools, from, CURSOR_SAMPLES) {
+            Ok(found) => {
+                for (p, around) in found {
+                    let cursors = track.cursors.entry(p).or_default();
+                    cursor(cursors, now_ms - from).fill(around);
+                }
+            }
+            Err(_) => unread.extend(pools),
+        }
+    }
+    unread
+}
+
+/// A pool's cursor of the window `window_ms` long, made if it has none.
+fn cursor(cursors: &mut Vec<Cursor>, window_ms: i64) -> &mut Cursor {
+    match cursors.iter().position(|c| c.window_ms == window_ms) {
+        Some(i) => &mut cursors[i],
+        None => {
+            cursors.push(Cursor::new(window_ms));
+            cursors.last_mut().expect("just pushed")
+        }
+    }
+}
+
+/// The samples around each window's start, from the pool's cursors (moved by
+/// [`move_cursors`]), plus the sample just written: oldest first, without duplicates. False
+/// when the pool's cursors could not be read.
+fn window_points(
+    track: &mut AccountTrack,
+    pool_id: i64,
     row: &SampleRow,
     starts: &[i64],
+    unread: &HashSet<i64>,
     out: &mut Vec<Point>,
-) -> Result<(), StoreError> {
-    let cursors = match track.cursors.get_mut(&row.id) {
-        Some(c) => c,
-        None => track.cursors.entry(row.id.clone()).or_default(),
-    };
+) -> bool {
+    if unread.contains(&pool_id) {
+        return false;
+    }
+    let cursors = track.cursors.entry(pool_id).or_default();
     for &from in starts {
-        let window_ms = row.ts_ms - from;
-        let cursor = match cursors.iter().position(|c| c.window_ms == window_ms) {
-            Some(i) => &mut cursors[i],
-            None => {
-                cursors.push(Cursor::new(window_ms));
-                cursors.last_mut().expect("just pushed")
-            }
-        };
-        cursor.around(batch, account, &row.id, from, out)?;
+        cursor(cursors, row.ts_ms - from).points(from, out);
     }
     out.push(Point {
         t: row.ts_ms as f64 / 1000.0,
@@ -471,7 +533,7 @@ fn window_points(
     });
     out.sort_by(|a, b| a.t.total_cmp(&b.t));
     out.dedup_by(|a, b| a.t == b.t);
-    Ok(())
+    true
 }
 
 #[cfg(test)]
@@ -676,7 +738,8 @@ forecast_window = "10m"
             assert!(out.1.is_none(), "{i}: {:?}", out.1);
         }
         store.execute_for_test(
-            "CREATE TRIGGER refuse BEFORE INSERT ON samples WHEN NEW.account = 'images'
+            "CREATE TRIGGER refuse BEFORE INSERT ON samples WHEN NEW.account_id =
+               (SELECT id FROM account_ids WHERE name = 'images')
              BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
         );
         let t1 = t0 + Span::minutes(70);

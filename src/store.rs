@@ -15,7 +15,7 @@ use crate::forecast::consumption::Observation;
 use rusqlite::{Connection, OptionalExtension, params};
 use rust_decimal::Decimal;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,6 +105,46 @@ const MIGRATIONS: &[&str] = &[
         firing TEXT NOT NULL,
         PRIMARY KEY (receiver, group_key)
     ) WITHOUT ROWID;",
+    // 4: samples clustered by (account, time, pool) instead of (account, pool, key, time), with
+    // accounts and pools named by integer ids. One poll's samples are then appended together at
+    // the end of its account's range (a few pages) instead of each going into the page of its
+    // own pool's history (a page per pool: 40 MB of write-ahead log for a poll of 10,000 keys),
+    // a row no longer repeats the account, pool and key names, and pruning needs no index by
+    // time. The burn windows' samples are read for all of an account's pools at once
+    // ([`Batch::refill`]).
+    "CREATE TABLE account_ids (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE pool_ids (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES account_ids (id),
+        pool TEXT NOT NULL,
+        key TEXT NOT NULL,
+        UNIQUE (account_id, pool, key)
+    );
+    INSERT INTO account_ids (name) SELECT DISTINCT account FROM samples ORDER BY account;
+    INSERT INTO pool_ids (account_id, pool, key)
+        SELECT DISTINCT a.id, s.pool, s.key FROM samples s JOIN account_ids a ON a.name = s.account
+        ORDER BY 1, 2, 3;
+    CREATE TABLE samples_v4 (
+        account_id INTEGER NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        pool_id INTEGER NOT NULL,
+        used REAL,
+        remaining REAL,
+        limit_value REAL,
+        period_start_ms INTEGER,
+        consumed REAL NOT NULL,
+        PRIMARY KEY (account_id, ts_ms, pool_id)
+    ) WITHOUT ROWID;
+    INSERT INTO samples_v4
+        SELECT a.id, s.ts_ms, p.id, s.used, s.remaining, s.limit_value, s.period_start_ms, s.consumed
+        FROM samples s JOIN account_ids a ON a.name = s.account
+        JOIN pool_ids p ON p.account_id = a.id AND p.pool = s.pool AND p.key = s.key
+        ORDER BY 1, 2, 3;
+    DROP TABLE samples;
+    ALTER TABLE samples_v4 RENAME TO samples;",
 ];
 
 /// A failure of the store, with the database path.
@@ -186,6 +226,27 @@ pub struct SampleRow {
     pub period_start_ms: Option<i64>,
     /// Cumulative consumption at this sample.
     pub consumed: f64,
+}
+
+/// The store's integer ids of one account and of its pools (samples are keyed by them), kept by
+/// a writer between polls so that a poll looks none of them up. [`Batch::record`] fills it, and
+/// empties it when a write fails: a rolled-back write may have taken new ids with it.
+#[derive(Debug, Default)]
+pub struct Ids {
+    account: Option<i64>,
+    pools: HashMap<PoolId, i64>,
+}
+
+impl Ids {
+    /// The account's id, once a poll of it has been written.
+    pub fn account(&self) -> Option<i64> {
+        self.account
+    }
+
+    /// A pool's id, once a sample of it has been written.
+    pub fn pool(&self, id: &PoolId) -> Option<i64> {
+        self.pools.get(id).copied()
+    }
 }
 
 /// One row of the proxy ledger: what a fluxrouter proxy served in one billing period for one
@@ -437,7 +498,8 @@ impl Store {
         history: &[SampleRow],
     ) -> Result<(), StoreError> {
         // A batch of one: its savepoint undoes a partial write, and the commit is its own.
-        let (written, committed) = self.batch(|b| b.record(account, rows, history));
+        let (written, committed) =
+            self.batch(|b| b.record(account, &mut Ids::default(), rows, history));
         written.and(committed)
     }
 
@@ -484,20 +546,23 @@ impl Store {
         since_ms: i64,
     ) -> Result<Vec<Point>, StoreError> {
         let conn = self.conn();
+        let Some((a, p)) = find_ids(&conn, account, id).map_err(|e| self.err(e))? else {
+            return Ok(Vec::new());
+        };
         let mut stmt = conn
             .prepare_cached(
                 "SELECT ts_ms, consumed FROM (
                    SELECT ts_ms, consumed FROM samples
-                   WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms < ?4
+                   WHERE account_id = ?1 AND pool_id = ?2 AND ts_ms < ?3
                    ORDER BY ts_ms DESC LIMIT 1)
                  UNION ALL
                  SELECT ts_ms, consumed FROM samples
-                 WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms >= ?4
+                 WHERE account_id = ?1 AND pool_id = ?2 AND ts_ms >= ?3
                  ORDER BY ts_ms",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![account, id.pool, id.key, since_ms], |r| {
+            .query_map(params![a, p, since_ms], |r| {
                 Ok(Point {
                     t: r.get::<_, i64>(0)? as f64 / 1000.0,
                     consumed: r.get(1)?,
@@ -513,8 +578,9 @@ impl Store {
     ///
     /// [`crate::forecast::burn_rate`] gives the same answer from these as from every sample since
     /// the longest window's start ([`Store::points`]): it only ever reads the samples around a
-    /// window's start and the last one. Each lookup is one step down the primary key, so a poll
-    /// costs the same however much history a pool holds.
+    /// window's start and the last one. Each lookup walks the account's samples from that
+    /// instant until it meets one of the pool's, a step per pool of the account; the writer
+    /// reads them for all pools at once instead ([`Batch::refill`]).
     pub fn window_points(
         &self,
         account: &str,
@@ -529,7 +595,7 @@ impl Store {
     /// A pool's `remaining` over `[since_ms, until_ms]` as `(ts_ms, remaining)`, oldest first, for
     /// the status page chart. At most `max_points` points: the window is cut into that many equal
     /// buckets and each keeps its latest sample, so the answer stays small however often the
-    /// account is polled. The scan walks the primary key's `(account, pool, key, ts_ms)` range.
+    /// account is polled. The scan walks the account's samples over the window.
     pub fn remaining_history(
         &self,
         account: &str,
@@ -542,20 +608,22 @@ impl Store {
         let n = max_points.max(1) as i64;
         let bucket = ((until_ms - since_ms).max(0) + n) / n;
         let conn = self.conn();
+        let Some((a, p)) = find_ids(&conn, account, id).map_err(|e| self.err(e))? else {
+            return Ok(Vec::new());
+        };
         // SQLite takes the bare `remaining` from the row that holds the MAX(ts_ms) of the group.
         let mut stmt = conn
             .prepare_cached(
                 "SELECT MAX(ts_ms), remaining FROM samples
-                 WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms >= ?4 AND ts_ms <= ?5
+                 WHERE account_id = ?1 AND pool_id = ?2 AND ts_ms >= ?3 AND ts_ms <= ?4
                    AND remaining IS NOT NULL
-                 GROUP BY (ts_ms - ?4) / ?6 ORDER BY 1",
+                 GROUP BY (ts_ms - ?3) / ?5 ORDER BY 1",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(
-                params![account, id.pool, id.key, since_ms, until_ms, bucket],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?)),
-            )
+            .query_map(params![a, p, since_ms, until_ms, bucket], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
+            })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
@@ -750,7 +818,8 @@ impl Store {
     pub fn sample_count(&self, account: &str) -> Result<i64, StoreError> {
         self.conn()
             .query_row(
-                "SELECT COUNT(*) FROM samples WHERE account = ?1",
+                "SELECT COUNT(*) FROM samples
+                 WHERE account_id = (SELECT id FROM account_ids WHERE name = ?1)",
                 params![account],
                 |r| r.get(0),
             )
@@ -779,20 +848,7 @@ impl Store {
     /// gap it is what the first new reading's consumption is spread over. Ledgers are kept.
     /// Returns how many samples were deleted.
     pub fn prune(&self, before_ms: i64) -> Result<usize, StoreError> {
-        let conn = self.conn();
-        let deleted = conn
-            .execute(
-                "DELETE FROM samples WHERE ts_ms < ?1 AND ts_ms < (
-                   SELECT MAX(s.ts_ms) FROM samples s
-                   WHERE s.account = samples.account AND s.pool = samples.pool AND s.key = samples.key)",
-                params![before_ms],
-            )
-            .map_err(|e| self.err(e))?;
-        if deleted > 0 {
-            // Under the lock, so a writer that takes it next sees the change.
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        }
-        Ok(deleted)
+        self.thin(|ts| prune_victims(ts, before_ms))
     }
 
     /// Downsamples old history so its size grows with the logarithm of its age, not linearly.
@@ -807,44 +863,46 @@ impl Store {
     /// Buckets nest (each is two halves of the next size), so compacting again as samples age is
     /// consistent. Returns how many samples were deleted.
     pub fn compact(&self, now_ms: i64) -> Result<usize, StoreError> {
+        self.thin(|ts| compaction_victims(ts, now_ms))
+    }
+
+    /// Deletes, in one transaction, the samples `victims` picks from each pool's sample times
+    /// (oldest first). An account's samples are read in one pass of its range and grouped by
+    /// pool in memory: they are clustered by time, so SQL asking for "the pool's newest sample"
+    /// per row would walk the account's range once per row.
+    fn thin(&self, victims: impl Fn(&[i64]) -> Vec<i64>) -> Result<usize, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let oldest: Option<i64> = tx
-            .query_row("SELECT MIN(ts_ms) FROM samples", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
-        let Some(oldest) = oldest else {
-            return Ok(0);
-        };
-        let mut deleted = 0;
-        {
-            let mut del = tx
-                .prepare_cached(
-                    "DELETE FROM samples WHERE (account, pool, key, ts_ms) IN (
-                       SELECT account, pool, key, ts_ms FROM (
-                         SELECT account, pool, key, ts_ms, ROW_NUMBER() OVER (
-                           PARTITION BY account, pool, key, ts_ms / ?3 ORDER BY ts_ms DESC) AS n
-                         FROM samples WHERE ts_ms > ?1 AND ts_ms <= ?2)
-                       WHERE n > 1)
-                     AND ts_ms > (SELECT MIN(s.ts_ms) FROM samples s
-                       WHERE s.account = samples.account AND s.pool = samples.pool AND s.key = samples.key)",
-                )
-                .map_err(|e| self.err(e))?;
-            // Buckets under a second would not merge samples taken at least a second apart.
-            let mut bucket: i64 = 1024;
-            while COMPACT_RESOLUTION * bucket <= now_ms - oldest {
-                // Ages [R * bucket, 2 * R * bucket) use this bucket size; the last tier takes
-                // everything older.
-                let newest = now_ms - COMPACT_RESOLUTION * bucket;
-                let older = now_ms - 2 * COMPACT_RESOLUTION * bucket;
-                let from = if older < oldest { i64::MIN } else { older };
-                deleted += del
-                    .execute(params![from, newest, bucket])
-                    .map_err(|e| self.err(e))?;
-                bucket *= 2;
+        let run = || -> rusqlite::Result<usize> {
+            let accounts: Vec<i64> = tx
+                .prepare("SELECT id FROM account_ids")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut read = tx.prepare_cached(
+                "SELECT pool_id, ts_ms FROM samples WHERE account_id = ?1 ORDER BY ts_ms",
+            )?;
+            let mut del = tx.prepare_cached(
+                "DELETE FROM samples WHERE account_id = ?1 AND ts_ms = ?2 AND pool_id = ?3",
+            )?;
+            let mut deleted = 0;
+            for a in accounts {
+                let mut by_pool: HashMap<i64, Vec<i64>> = HashMap::new();
+                let mut rows = read.query(params![a])?;
+                while let Some(r) = rows.next()? {
+                    by_pool.entry(r.get(0)?).or_default().push(r.get(1)?);
+                }
+                for (p, ts) in &by_pool {
+                    for t in victims(ts) {
+                        deleted += del.execute(params![a, t, p])?;
+                    }
+                }
             }
-        }
+            Ok(deleted)
+        };
+        let deleted = run().map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         if deleted > 0 {
+            // Under the lock, so a writer that takes it next sees the change.
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
         Ok(deleted)
@@ -988,10 +1046,13 @@ impl Batch<'_> {
     }
 
     /// Records one poll as [`Store::record_with_history`] does, inside a savepoint: if any of its
-    /// writes fails, none of them stays and the rest of the batch is unaffected.
+    /// writes fails, none of them stays and the rest of the batch is unaffected. `ids` holds the
+    /// account's ids known so far and gains those this write creates; it is emptied if the
+    /// write fails.
     pub fn record(
         &self,
         account: &str,
+        ids: &mut Ids,
         rows: &[SampleRow],
         history: &[SampleRow],
     ) -> Result<(), StoreError> {
@@ -1008,8 +1069,31 @@ impl Batch<'_> {
         };
         run("SAVEPOINT poll").map_err(|e| self.store.err(e))?;
         let written = (|| -> rusqlite::Result<()> {
+            let account_id = match ids.account {
+                Some(a) => a,
+                None => {
+                    let a = create_account_id(self.conn, account)?;
+                    ids.account = Some(a);
+                    a
+                }
+            };
+            let mut pool_id = |id: &PoolId| -> rusqlite::Result<i64> {
+                if let Some(&p) = ids.pools.get(id) {
+                    return Ok(p);
+                }
+                let p = create_pool_id(self.conn, account_id, id)?;
+                ids.pools.insert(id.clone(), p);
+                Ok(p)
+            };
             if !history.is_empty() {
-                insert_history(self.conn, account, history)?;
+                let mut past = self.conn.prepare_cached(
+                    "INSERT OR IGNORE INTO samples
+                     (account_id, ts_ms, pool_id, used, remaining, limit_value, period_start_ms, consumed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for r in history {
+                    insert_sample(&mut past, account_id, pool_id(&r.id)?, r)?;
+                }
             }
             let mut insert = self.insert.borrow_mut();
             let mut ledger = self.ledger.borrow_mut();
@@ -1019,15 +1103,20 @@ impl Batch<'_> {
             }
             let (insert, ledger) = (insert.as_mut().expect("set"), ledger.as_mut().expect("set"));
             for r in rows {
-                write_row(insert, ledger, account, r)?;
+                insert_sample(insert, account_id, pool_id(&r.id)?, r)?;
+                write_ledger(ledger, account, r)?;
             }
             Ok(())
         })();
         match written {
-            Ok(()) => run("RELEASE poll").map(drop).map_err(|e| self.store.err(e)),
+            Ok(()) => run("RELEASE poll").map(drop).map_err(|e| {
+                *ids = Ids::default();
+                self.store.err(e)
+            }),
             Err(e) => {
                 let _ = run("ROLLBACK TO poll");
                 let _ = run("RELEASE poll");
+                *ids = Ids::default();
                 Err(self.store.err(e))
             }
         }
@@ -1045,40 +1134,67 @@ impl Batch<'_> {
             .map_err(|e| self.store.err(e))
     }
 
-    /// The samples of a pool around `from_ms`, as `(ts_ms, consumed)`: the last one before it,
-    /// then up to `after` from `from_ms` on, oldest first.
-    pub fn samples_around(
+    /// The samples of each of `pools` (ids of the pools of account `account_id`) around
+    /// `from_ms`, as `(ts_ms, consumed)`: the last one before it, then up to `after` from
+    /// `from_ms` on, oldest first. Every pool asked for has an entry.
+    ///
+    /// Samples are clustered by time within an account, so this walks the account's samples
+    /// once backwards from `from_ms` until every pool has its sample before it, and once forwards
+    /// until every pool has `after` samples: about `after + 1` polls' rows when the pools are
+    /// polled together. A pool with no sample before `from_ms` (new since) makes the backward
+    /// walk go to the account's oldest sample, once.
+    pub fn refill(
         &self,
-        account: &str,
-        id: &PoolId,
+        account_id: i64,
+        pools: &HashSet<i64>,
         from_ms: i64,
         after: usize,
-    ) -> Result<(Option<TsValue>, Vec<TsValue>), StoreError> {
+    ) -> Result<HashMap<i64, Around>, StoreError> {
         let run = || -> rusqlite::Result<_> {
-            let pair = |r: &rusqlite::Row<'_>| Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?));
-            let before = self
-                .conn
-                .prepare_cached(SAMPLE_BEFORE)?
-                .query_row(params![account, id.pool, id.key, from_ms], pair)
-                .optional()?;
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT ts_ms, consumed FROM samples
-                 WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms >= ?4
-                 ORDER BY ts_ms LIMIT ?5",
+            let mut out: HashMap<i64, Around> =
+                pools.iter().map(|&p| (p, (None, Vec::new()))).collect();
+            let mut missing = out.len();
+            let mut back = self.conn.prepare_cached(
+                "SELECT pool_id, ts_ms, consumed FROM samples
+                 WHERE account_id = ?1 AND ts_ms < ?2 ORDER BY ts_ms DESC",
             )?;
-            let rows = stmt.query_map(
-                params![account, id.pool, id.key, from_ms, after as i64],
-                pair,
+            let mut rows = back.query(params![account_id, from_ms])?;
+            while missing > 0 {
+                let Some(r) = rows.next()? else { break };
+                if let Some((before @ None, _)) = out.get_mut(&r.get(0)?) {
+                    *before = Some((r.get(1)?, r.get(2)?));
+                    missing -= 1;
+                }
+            }
+            let mut short = if after == 0 { 0 } else { out.len() };
+            let mut forward = self.conn.prepare_cached(
+                "SELECT pool_id, ts_ms, consumed FROM samples
+                 WHERE account_id = ?1 AND ts_ms >= ?2 ORDER BY ts_ms",
             )?;
-            Ok((before, rows.collect::<rusqlite::Result<Vec<_>>>()?))
+            let mut rows = forward.query(params![account_id, from_ms])?;
+            while short > 0 {
+                let Some(r) = rows.next()? else { break };
+                if let Some((_, run)) = out.get_mut(&r.get(0)?)
+                    && run.len() < after
+                {
+                    run.push((r.get(1)?, r.get(2)?));
+                    if run.len() == after {
+                        short -= 1;
+                    }
+                }
+            }
+            Ok(out)
         };
         run().map_err(|e| self.store.err(e))
     }
 }
 
+/// A pool's samples around an instant ([`Batch::refill`]): the last before it, and a run from it on.
+pub type Around = (Option<TsValue>, Vec<TsValue>);
+
 const INSERT_SAMPLE: &str = "INSERT OR REPLACE INTO samples
-     (account, pool, key, ts_ms, used, remaining, limit_value, period_start_ms, consumed)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+     (account_id, ts_ms, pool_id, used, remaining, limit_value, period_start_ms, consumed)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
 const UPSERT_LEDGER: &str = "INSERT INTO pools
      (account, pool, key, unit, first_seen_ms, last_ts_ms, consumed, used, remaining, limit_value, period_start_ms)
@@ -1089,8 +1205,88 @@ const UPSERT_LEDGER: &str = "INSERT INTO pools
        limit_value = excluded.limit_value, period_start_ms = excluded.period_start_ms";
 
 const SAMPLE_BEFORE: &str = "SELECT ts_ms, consumed FROM samples
-     WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms < ?4
+     WHERE account_id = ?1 AND pool_id = ?2 AND ts_ms < ?3
      ORDER BY ts_ms DESC LIMIT 1";
+
+/// The ids of an account's pool, if the store has any sample of it.
+fn find_ids(conn: &Connection, account: &str, id: &PoolId) -> rusqlite::Result<Option<(i64, i64)>> {
+    conn.prepare_cached(
+        "SELECT a.id, p.id FROM account_ids a JOIN pool_ids p ON p.account_id = a.id
+         WHERE a.name = ?1 AND p.pool = ?2 AND p.key = ?3",
+    )?
+    .query_row(params![account, id.pool, id.key], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .optional()
+}
+
+fn create_account_id(conn: &Connection, account: &str) -> rusqlite::Result<i64> {
+    let found = conn
+        .prepare_cached("SELECT id FROM account_ids WHERE name = ?1")?
+        .query_row(params![account], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = found {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT INTO account_ids (name) VALUES (?1)")?
+        .execute(params![account])?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn create_pool_id(conn: &Connection, account_id: i64, id: &PoolId) -> rusqlite::Result<i64> {
+    let found = conn
+        .prepare_cached("SELECT id FROM pool_ids WHERE account_id = ?1 AND pool = ?2 AND key = ?3")?
+        .query_row(params![account_id, id.pool, id.key], |r| r.get(0))
+        .optional()?;
+    if let Some(p) = found {
+        return Ok(p);
+    }
+    conn.prepare_cached("INSERT INTO pool_ids (account_id, pool, key) VALUES (?1, ?2, ?3)")?
+        .execute(params![account_id, id.pool, id.key])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// The times a compaction at `now_ms` deletes from one pool's sample times `ts` (oldest first):
+/// within each tier of age, all but the newest sample of each bucket, never the oldest sample.
+/// See [`Store::compact`].
+fn compaction_victims(ts: &[i64], now_ms: i64) -> Vec<i64> {
+    let Some(&oldest) = ts.first() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    // Buckets under a second would not merge samples taken at least a second apart.
+    let mut bucket: i64 = 1024;
+    while COMPACT_RESOLUTION * bucket <= now_ms - oldest {
+        // Ages [R * bucket, 2 * R * bucket) use this bucket size; the last tier takes
+        // everything older.
+        let newest = now_ms - COMPACT_RESOLUTION * bucket;
+        let older = now_ms - 2 * COMPACT_RESOLUTION * bucket;
+        let from = if older < oldest { i64::MIN } else { older };
+        let lo = ts.partition_point(|&t| t <= from);
+        let hi = ts.partition_point(|&t| t <= newest);
+        let tier = &ts[lo..hi];
+        for (i, &t) in tier.iter().enumerate() {
+            // Not the newest of its bucket: the next sample of the tier shares the bucket.
+            let shared = tier.get(i + 1).is_some_and(|&n| n / bucket == t / bucket);
+            if shared && t != oldest {
+                out.push(t);
+            }
+        }
+        bucket *= 2;
+    }
+    out
+}
+
+/// The times pruning before `before_ms` deletes from one pool's sample times `ts` (oldest
+/// first): every one older than `before_ms` but the newest.
+fn prune_victims(ts: &[i64], before_ms: i64) -> Vec<i64> {
+    let keep_newest = ts.len().saturating_sub(1);
+    ts[..keep_newest]
+        .iter()
+        .copied()
+        .filter(|&t| t < before_ms)
+        .collect()
+}
 
 fn ledgers_in(conn: &Connection, account: &str) -> rusqlite::Result<BTreeMap<PoolId, Ledger>> {
     let mut stmt = conn.prepare_cached(
@@ -1119,29 +1315,17 @@ fn ledgers_in(conn: &Connection, account: &str) -> rusqlite::Result<BTreeMap<Poo
     rows.collect()
 }
 
-fn insert_history(conn: &Connection, account: &str, history: &[SampleRow]) -> rusqlite::Result<()> {
-    let mut past = conn.prepare_cached(
-        "INSERT OR IGNORE INTO samples
-         (account, pool, key, ts_ms, used, remaining, limit_value, period_start_ms, consumed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
-    for r in history {
-        insert_sample(&mut past, account, r)?;
-    }
-    Ok(())
-}
-
 /// Binds a sample's columns, in the order of both sample inserts, and runs the statement.
 fn insert_sample(
     stmt: &mut rusqlite::Statement<'_>,
-    account: &str,
+    account_id: i64,
+    pool_id: i64,
     r: &SampleRow,
 ) -> rusqlite::Result<usize> {
     stmt.execute(params![
-        account,
-        r.id.pool,
-        r.id.key,
+        account_id,
         r.ts_ms,
+        pool_id,
         r.used,
         r.remaining,
         r.limit,
@@ -1150,13 +1334,11 @@ fn insert_sample(
     ])
 }
 
-fn write_row(
-    insert: &mut rusqlite::Statement<'_>,
+fn write_ledger(
     ledger: &mut rusqlite::Statement<'_>,
     account: &str,
     r: &SampleRow,
 ) -> rusqlite::Result<()> {
-    insert_sample(insert, account, r)?;
     ledger.execute(params![
         account,
         r.id.pool,
@@ -1185,15 +1367,17 @@ fn window_points_in(
             consumed: r.get(1)?,
         })
     };
+    let Some((a, p)) = find_ids(conn, account, id)? else {
+        return Ok(Vec::new());
+    };
     let mut before = conn.prepare_cached(SAMPLE_BEFORE)?;
     let mut at_or_after = conn.prepare_cached(
         "SELECT ts_ms, consumed FROM samples
-         WHERE account = ?1 AND pool = ?2 AND key = ?3 AND ts_ms >= ?4
+         WHERE account_id = ?1 AND pool_id = ?2 AND ts_ms >= ?3
          ORDER BY ts_ms LIMIT 1",
     )?;
     let find = |stmt: &mut rusqlite::CachedStatement<'_>, ts: i64| {
-        stmt.query_row(params![account, id.pool, id.key, ts], point)
-            .optional()
+        stmt.query_row(params![a, p, ts], point).optional()
     };
     let mut out = Vec::with_capacity(2 * window_starts_ms.len() + 1);
     // The last sample at or before now is the last one before now + 1 ms.
@@ -1501,6 +1685,120 @@ mod tests {
             }
         }
         assert!(s.window_points("b", &ai(), last, &[0]).unwrap().is_empty());
+    }
+
+    /// A store written by schema 3 (samples keyed by names) is migrated with every sample kept.
+    #[test]
+    fn samples_of_schema_3_survive_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 3;
+                 INSERT INTO samples VALUES ('a', 'ai', '', 1000, 1, 99, 100, 0, 1);
+                 INSERT INTO samples VALUES ('a', 'ai', '', 2000, 3, 97, 100, 0, 3);
+                 INSERT INTO samples VALUES ('a', 'compression', '', 1500, NULL, NULL, NULL, NULL, 7);
+                 INSERT INTO samples VALUES ('b', 'ai', 'k1', 1200, 5, 95, 100, 0, 5);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let t = |account: &str, pool: &str, key: &str| -> Vec<(f64, f64)> {
+            let id = PoolId {
+                pool: pool.into(),
+                key: key.into(),
+            };
+            s.points(account, &id, i64::MIN)
+                .unwrap()
+                .iter()
+                .map(|p| (p.t, p.consumed))
+                .collect()
+        };
+        assert_eq!(t("a", "ai", ""), vec![(1.0, 1.0), (2.0, 3.0)]);
+        assert_eq!(t("a", "compression", ""), vec![(1.5, 7.0)]);
+        assert_eq!(t("b", "ai", "k1"), vec![(1.2, 5.0)]);
+        assert_eq!(s.total_samples().unwrap(), 4);
+        // New polls continue the migrated pools rather than start new ones.
+        s.record("a", &[row(3000, 4.0)]).unwrap();
+        assert_eq!(t("a", "ai", "").len(), 3);
+        assert_eq!(s.sample_count("a").unwrap(), 4);
+    }
+
+    /// What [`Batch::refill`] reads for many pools in one walk is, for each, what the pool's own
+    /// history gives: the last sample before the instant and the first few from it on.
+    #[test]
+    fn refill_gives_each_pool_its_own_samples_around_an_instant() {
+        let s = Store::in_memory();
+        let pool = |k: usize| PoolId {
+            pool: "ai".into(),
+            key: format!("k{k}"),
+        };
+        // Five pools polled irregularly: pool k is missing from every poll i with i % (k + 2)
+        // == 0, pool 4 only appears from poll 60 on, and pool 3 stops at poll 80.
+        for i in 1..=100i64 {
+            let rows: Vec<SampleRow> = (0..5usize)
+                .filter(|&k| i % (k as i64 + 2) != 0)
+                .filter(|&k| k != 4 || i >= 60)
+                .filter(|&k| k != 3 || i <= 80)
+                .map(|k| {
+                    let mut r = row(i * 1000 + (i * 37) % 500, (i * (k as i64 + 1)) as f64);
+                    r.id = pool(k);
+                    r
+                })
+                .collect();
+            s.record("a", &rows).unwrap();
+        }
+        s.record("other", &[row(50_000, 1.0)]).unwrap();
+        let mut ids = Ids::default();
+        let account_id = s
+            .batch(|b| {
+                b.record("a", &mut ids, &[], &[]).unwrap();
+                ids.account().unwrap()
+            })
+            .0;
+        let all: Vec<Vec<TsValue>> = (0..5)
+            .map(|k| {
+                s.points("a", &pool(k), i64::MIN)
+                    .unwrap()
+                    .iter()
+                    .map(|p| ((p.t * 1000.0).round() as i64, p.consumed))
+                    .collect()
+            })
+            .collect();
+        let id_of = |k: usize| find_ids(&s.conn(), "a", &pool(k)).unwrap().unwrap().1;
+        // Instants between samples, and on samples: pool 4's first, pool 3's last, pool 0's 10th.
+        let on = [all[4][0].0, all[3][all[3].len() - 1].0, all[0][10].0];
+        let between = [
+            0, 500, 1000, 30_250, 59_999, 60_400, 85_000, 99_000, 101_000, 200_000,
+        ];
+        for from in between.into_iter().chain(on) {
+            for after in [0, 1, 3, 8] {
+                let wanted: HashSet<i64> = (0..5).map(id_of).collect();
+                let (got, committed) = s.batch(|b| b.refill(account_id, &wanted, from, after));
+                committed.unwrap();
+                let got = got.unwrap();
+                assert_eq!(got.len(), 5);
+                for (k, history) in all.iter().enumerate() {
+                    let before = history.iter().rev().find(|(t, _)| *t < from).copied();
+                    let run: Vec<TsValue> = history
+                        .iter()
+                        .filter(|(t, _)| *t >= from)
+                        .take(after)
+                        .copied()
+                        .collect();
+                    assert_eq!(
+                        got[&id_of(k)],
+                        (before, run),
+                        "pool {k} from {from} after {after}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

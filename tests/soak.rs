@@ -222,7 +222,10 @@ async fn soak_200_faulty_accounts_under_wrk_for_60_seconds() {
     let conn = rusqlite::Connection::open(dir.path().join("s.db")).unwrap();
     let mut stored: BTreeMap<String, i64> = BTreeMap::new();
     let mut stmt = conn
-        .prepare("SELECT account, COUNT(*) FROM samples GROUP BY account")
+        .prepare(
+            "SELECT a.name, COUNT(*) FROM samples s JOIN account_ids a ON a.id = s.account_id
+             GROUP BY a.name",
+        )
         .unwrap();
     for row in stmt
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
