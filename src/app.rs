@@ -26,6 +26,12 @@ use tokio_util::sync::CancellationToken;
 /// How long shutdown waits for in-flight work before giving up on it.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
+/// How often the store is compacted and pruned.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+
+/// How long the first maintenance waits for the first poll round.
+const FIRST_MAINTENANCE_WAIT: Duration = Duration::from_secs(60);
+
 /// Where the config comes from: a file (reloadable) or a value built in code (the demo).
 #[derive(Debug, Clone)]
 pub enum ConfigSource {
@@ -419,7 +425,19 @@ impl Supervisor {
     }
 
     async fn run(mut self, mut reload_rx: mpsc::Receiver<ReloadRequest>) {
-        let mut prune = tokio::time::interval(Duration::from_secs(3600));
+        // The first maintenance waits for the first poll round (or a minute at most): on a
+        // store with a day of history it holds the store for a moment, and fresh numbers on
+        // start matter more than deleting old samples a few seconds sooner.
+        let state = self.deps.state.clone();
+        let first_round = tokio::time::timeout(FIRST_MAINTENANCE_WAIT, async move {
+            state.wait_until(State::is_ready).await
+        });
+        tokio::pin!(first_round);
+        let mut prune = tokio::time::interval_at(
+            tokio::time::Instant::now() + MAINTENANCE_EVERY,
+            MAINTENANCE_EVERY,
+        );
+        let mut maintained = false;
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
@@ -427,7 +445,15 @@ impl Supervisor {
                     let r = self.reload().await;
                     let _ = reply.send(r);
                 }
-                _ = prune.tick() => self.prune().await,
+                _ = &mut first_round, if !maintained => {
+                    maintained = true;
+                    prune.reset();
+                    self.prune().await
+                }
+                _ = prune.tick() => {
+                    maintained = true;
+                    self.prune().await
+                }
             }
         }
         for (_, p) in self.pollers.drain() {
@@ -457,7 +483,8 @@ impl Supervisor {
         }
     }
 
-    /// Hourly store maintenance: downsample old history, then drop what is past the retention.
+    /// Store maintenance, after the first poll round and then hourly: downsample old history,
+    /// then drop what is past the retention.
     async fn prune(&self) {
         let retention = self.config.retention();
         let now = self.deps.clock.now();
