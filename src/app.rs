@@ -491,16 +491,20 @@ impl Supervisor {
         let cutoff =
             now - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(2));
         let store = self.deps.store.clone();
+        let started = std::time::Instant::now();
         let work = move || -> Result<(usize, usize), StoreError> {
             let compacted = store.compact(now.timestamp_millis())?;
             let pruned = store.prune(cutoff.timestamp_millis())?;
             Ok((compacted, pruned))
         };
         match tokio::task::spawn_blocking(work).await {
-            Ok(Ok((compacted, pruned))) if compacted + pruned > 0 => {
-                tracing::info!(compacted, pruned, "compacted and pruned old samples")
-            }
-            Ok(Ok(_)) => {}
+            // Logged every time (hourly), with how long the store was held.
+            Ok(Ok((compacted, pruned))) => tracing::info!(
+                compacted,
+                pruned,
+                took_ms = started.elapsed().as_millis() as u64,
+                "store maintained: compacted and pruned old samples"
+            ),
             Ok(Err(e)) => tracing::error!(error = %e, "store maintenance failed"),
             Err(e) => tracing::error!(error = %e, "store maintenance task failed"),
         }
