@@ -304,7 +304,7 @@ impl Tracker {
         // overwrite them with totals that restart from 0.
         let mut ledger_error = None;
         if track.ledgers.is_none() {
-            match batch.ledgers(&account.name) {
+            match batch.ledgers(&account.name, &mut track.ids) {
                 Ok(l) => track.ledgers = Some(l),
                 Err(e) => ledger_error = Some(e),
             }

@@ -145,6 +145,29 @@ const MIGRATIONS: &[&str] = &[
         ORDER BY 1, 2, 3;
     DROP TABLE samples;
     ALTER TABLE samples_v4 RENAME TO samples;",
+    // 5: the ledgers keyed by pool id as well: each poll updates every pool's ledger, and an
+    // integer key is found without comparing names.
+    "CREATE TABLE ledgers (
+        pool_id INTEGER PRIMARY KEY REFERENCES pool_ids (id),
+        unit TEXT NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_ts_ms INTEGER NOT NULL,
+        consumed REAL NOT NULL,
+        used REAL,
+        remaining REAL,
+        limit_value REAL,
+        period_start_ms INTEGER
+    );
+    INSERT OR IGNORE INTO account_ids (name) SELECT DISTINCT account FROM pools ORDER BY account;
+    INSERT OR IGNORE INTO pool_ids (account_id, pool, key)
+        SELECT a.id, p.pool, p.key FROM pools p JOIN account_ids a ON a.name = p.account
+        ORDER BY 1, 2, 3;
+    INSERT INTO ledgers
+        SELECT i.id, p.unit, p.first_seen_ms, p.last_ts_ms, p.consumed, p.used, p.remaining,
+               p.limit_value, p.period_start_ms
+        FROM pools p JOIN account_ids a ON a.name = p.account
+        JOIN pool_ids i ON i.account_id = a.id AND i.pool = p.pool AND i.key = p.key;
+    DROP TABLE pools;",
 ];
 
 /// A failure of the store, with the database path.
@@ -480,7 +503,7 @@ impl Store {
 
     /// Every pool ledger of an account.
     pub fn ledgers(&self, account: &str) -> Result<BTreeMap<PoolId, Ledger>, StoreError> {
-        ledgers_in(&self.conn(), account).map_err(|e| self.err(e))
+        ledgers_in(&self.conn(), account, None).map_err(|e| self.err(e))
     }
 
     /// Records one poll's samples and moves each pool's ledger forward, atomically.
@@ -1041,8 +1064,13 @@ pub struct Batch<'a> {
 
 impl Batch<'_> {
     /// Every pool ledger of an account.
-    pub fn ledgers(&self, account: &str) -> Result<BTreeMap<PoolId, Ledger>, StoreError> {
-        ledgers_in(self.conn, account).map_err(|e| self.store.err(e))
+    /// Every pool ledger of an account; `ids` learns the ids of the account and its pools.
+    pub fn ledgers(
+        &self,
+        account: &str,
+        ids: &mut Ids,
+    ) -> Result<BTreeMap<PoolId, Ledger>, StoreError> {
+        ledgers_in(self.conn, account, Some(ids)).map_err(|e| self.store.err(e))
     }
 
     /// Records one poll as [`Store::record_with_history`] does, inside a savepoint: if any of its
@@ -1103,8 +1131,9 @@ impl Batch<'_> {
             }
             let (insert, ledger) = (insert.as_mut().expect("set"), ledger.as_mut().expect("set"));
             for r in rows {
-                insert_sample(insert, account_id, pool_id(&r.id)?, r)?;
-                write_ledger(ledger, account, r)?;
+                let p = pool_id(&r.id)?;
+                insert_sample(insert, account_id, p, r)?;
+                write_ledger(ledger, p, r)?;
             }
             Ok(())
         })();
@@ -1196,10 +1225,10 @@ const INSERT_SAMPLE: &str = "INSERT OR REPLACE INTO samples
      (account_id, ts_ms, pool_id, used, remaining, limit_value, period_start_ms, consumed)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
-const UPSERT_LEDGER: &str = "INSERT INTO pools
-     (account, pool, key, unit, first_seen_ms, last_ts_ms, consumed, used, remaining, limit_value, period_start_ms)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10)
-     ON CONFLICT (account, pool, key) DO UPDATE SET
+const UPSERT_LEDGER: &str = "INSERT INTO ledgers
+     (pool_id, unit, first_seen_ms, last_ts_ms, consumed, used, remaining, limit_value, period_start_ms)
+     VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8)
+     ON CONFLICT (pool_id) DO UPDATE SET
        unit = excluded.unit, last_ts_ms = excluded.last_ts_ms, consumed = excluded.consumed,
        used = excluded.used, remaining = excluded.remaining,
        limit_value = excluded.limit_value, period_start_ms = excluded.period_start_ms";
@@ -1288,31 +1317,43 @@ fn prune_victims(ts: &[i64], before_ms: i64) -> Vec<i64> {
         .collect()
 }
 
-fn ledgers_in(conn: &Connection, account: &str) -> rusqlite::Result<BTreeMap<PoolId, Ledger>> {
+fn ledgers_in(
+    conn: &Connection,
+    account: &str,
+    mut ids: Option<&mut Ids>,
+) -> rusqlite::Result<BTreeMap<PoolId, Ledger>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT pool, key, unit, first_seen_ms, last_ts_ms, consumed, used, remaining, period_start_ms
-         FROM pools WHERE account = ?1",
+        "SELECT i.pool, i.key, l.unit, l.first_seen_ms, l.last_ts_ms, l.consumed, l.used,
+                l.remaining, l.period_start_ms, a.id, i.id
+         FROM account_ids a JOIN pool_ids i ON i.account_id = a.id
+         JOIN ledgers l ON l.pool_id = i.id
+         WHERE a.name = ?1",
     )?;
-    let rows = stmt.query_map(params![account], |r| {
-        Ok((
-            PoolId {
-                pool: r.get(0)?,
-                key: r.get(1)?,
+    let mut rows = stmt.query(params![account])?;
+    let mut out = BTreeMap::new();
+    while let Some(r) = rows.next()? {
+        let id = PoolId {
+            pool: r.get(0)?,
+            key: r.get(1)?,
+        };
+        if let Some(ids) = ids.as_deref_mut() {
+            ids.account = Some(r.get(9)?);
+            ids.pools.insert(id.clone(), r.get(10)?);
+        }
+        let ledger = Ledger {
+            unit: r.get(2)?,
+            first_seen_ms: r.get(3)?,
+            last_ts_ms: r.get(4)?,
+            consumed: r.get(5)?,
+            last: Observation {
+                used: r.get(6)?,
+                remaining: r.get(7)?,
+                period_start_ms: r.get(8)?,
             },
-            Ledger {
-                unit: r.get(2)?,
-                first_seen_ms: r.get(3)?,
-                last_ts_ms: r.get(4)?,
-                consumed: r.get(5)?,
-                last: Observation {
-                    used: r.get(6)?,
-                    remaining: r.get(7)?,
-                    period_start_ms: r.get(8)?,
-                },
-            },
-        ))
-    })?;
-    rows.collect()
+        };
+        out.insert(id, ledger);
+    }
+    Ok(out)
 }
 
 /// Binds a sample's columns, in the order of both sample inserts, and runs the statement.
@@ -1336,13 +1377,11 @@ fn insert_sample(
 
 fn write_ledger(
     ledger: &mut rusqlite::Statement<'_>,
-    account: &str,
+    pool_id: i64,
     r: &SampleRow,
 ) -> rusqlite::Result<()> {
     ledger.execute(params![
-        account,
-        r.id.pool,
-        r.id.key,
+        pool_id,
         r.unit,
         r.ts_ms,
         r.consumed,
@@ -1687,9 +1726,10 @@ mod tests {
         assert!(s.window_points("b", &ai(), last, &[0]).unwrap().is_empty());
     }
 
-    /// A store written by schema 3 (samples keyed by names) is migrated with every sample kept.
+    /// A store written by schema 3 (samples and ledgers keyed by names) is migrated with every
+    /// sample and ledger kept.
     #[test]
-    fn samples_of_schema_3_survive_the_migration() {
+    fn samples_and_ledgers_of_schema_3_survive_the_migration() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         {
@@ -1702,7 +1742,9 @@ mod tests {
                  INSERT INTO samples VALUES ('a', 'ai', '', 1000, 1, 99, 100, 0, 1);
                  INSERT INTO samples VALUES ('a', 'ai', '', 2000, 3, 97, 100, 0, 3);
                  INSERT INTO samples VALUES ('a', 'compression', '', 1500, NULL, NULL, NULL, NULL, 7);
-                 INSERT INTO samples VALUES ('b', 'ai', 'k1', 1200, 5, 95, 100, 0, 5);",
+                 INSERT INTO samples VALUES ('b', 'ai', 'k1', 1200, 5, 95, 100, 0, 5);
+                 INSERT INTO pools VALUES ('a', 'ai', '', 'credits', 1000, 2000, 3, 3, 97, 100, 0);
+                 INSERT INTO pools VALUES ('c', 'ai', '', 'credits', 500, 900, 8, 8, NULL, NULL, NULL);",
             )
             .unwrap();
         }
@@ -1723,10 +1765,20 @@ mod tests {
         assert_eq!(t("a", "compression", ""), vec![(1.5, 7.0)]);
         assert_eq!(t("b", "ai", "k1"), vec![(1.2, 5.0)]);
         assert_eq!(s.total_samples().unwrap(), 4);
+        // The ledgers too, including one of a pool whose samples were all pruned.
+        let l = &s.ledgers("a").unwrap()[&ai()];
+        assert_eq!(
+            (l.first_seen_ms, l.last_ts_ms, l.consumed, l.last.remaining),
+            (1000, 2000, 3.0, Some(97.0))
+        );
+        let l = &s.ledgers("c").unwrap()[&ai()];
+        assert_eq!((l.first_seen_ms, l.last_ts_ms, l.consumed), (500, 900, 8.0));
         // New polls continue the migrated pools rather than start new ones.
         s.record("a", &[row(3000, 4.0)]).unwrap();
         assert_eq!(t("a", "ai", "").len(), 3);
         assert_eq!(s.sample_count("a").unwrap(), 4);
+        assert_eq!(s.ledgers("a").unwrap()[&ai()].first_seen_ms, 1000);
+        assert_eq!(s.ledgers("a").unwrap().len(), 1);
     }
 
     /// What [`Batch::refill`] reads for many pools in one walk is, for each, what the pool's own

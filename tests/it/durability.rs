@@ -100,10 +100,13 @@ async fn a_store_locked_by_another_process_is_moved_aside() {
     assert_eq!(n, 1);
 }
 
-/// The samples with their account and pool names: the store keys them by ids.
+/// The samples and ledgers with their account and pool names: the store keys them by ids.
 const NAMED_SAMPLES: &str = "CREATE TEMP VIEW named_samples AS
     SELECT a.name AS account, p.pool, p.key, s.ts_ms, s.consumed, s.used
-    FROM samples s JOIN account_ids a ON a.id = s.account_id JOIN pool_ids p ON p.id = s.pool_id";
+    FROM samples s JOIN account_ids a ON a.id = s.account_id JOIN pool_ids p ON p.id = s.pool_id;
+    CREATE TEMP VIEW named_ledgers AS
+    SELECT a.name AS account, p.pool, p.key, l.last_ts_ms, l.consumed
+    FROM ledgers l JOIN pool_ids p ON p.id = l.pool_id JOIN account_ids a ON a.id = p.account_id";
 
 /// A sample as stored: account, pool, key, time, consumed total, used.
 type SampleRow = (String, String, String, i64, f64, Option<f64>);
@@ -156,7 +159,7 @@ fn check_store(path: &Path) -> (i64, i64) {
             "SELECT p.account, p.pool, p.last_ts_ms, p.consumed,
                     (SELECT MAX(ts_ms) FROM named_samples s WHERE s.account = p.account AND s.pool = p.pool AND s.key = p.key),
                     (SELECT consumed FROM named_samples s WHERE s.account = p.account AND s.pool = p.pool AND s.key = p.key AND s.ts_ms = p.last_ts_ms)
-             FROM pools p",
+             FROM named_ledgers p",
         )
         .unwrap();
     let ledgers: Vec<LedgerRow> = stmt
@@ -217,9 +220,9 @@ fn seed(path: &Path, prefix: &str, accounts: usize, per_pool: i64) {
                 last = (ts, used, consumed);
             }
             tx.execute(
-                "INSERT INTO pools (account, pool, key, unit, first_seen_ms, last_ts_ms, consumed, used, remaining, limit_value, period_start_ms)
-                 VALUES (?1, ?2, '', 'credits', ?3, ?3, ?4, ?5, NULL, NULL, NULL)",
-                rusqlite::params![account, pool, last.0, last.2, last.1],
+                "INSERT INTO ledgers (pool_id, unit, first_seen_ms, last_ts_ms, consumed, used, remaining, limit_value, period_start_ms)
+                 VALUES (?1, 'credits', ?2, ?2, ?3, ?4, NULL, NULL, NULL)",
+                rusqlite::params![pool_id, last.0, last.2, last.1],
             )
             .unwrap();
         }
