@@ -230,6 +230,12 @@ fn labels(pairs: &[(&str, &str)]) -> String {
     out
 }
 
+/// An account's `provider` and `account` labels as every one of its samples starts with them;
+/// [`State`] keeps this text with the account ([`AccountState::labels`]).
+pub fn account_labels(provider: &str, account: &str) -> String {
+    labels(&[("provider", provider), ("account", account)])
+}
+
 /// Appends a sample value as the shortest text that reads back as the same `f64`, never in
 /// exponent notation: as Rust's `Display` writes it. Whole numbers take the integer path and other
 /// values ryu's, several times faster (where two 17-digit texts both read back, ryu may pick the
@@ -314,33 +320,24 @@ impl Out<'_> {
     }
 }
 
-/// Everything one scrape reads, copied out of the state once.
+/// Everything one scrape reads, taken from the state once.
 struct Scrape {
     reload: ReloadStatus,
     alerting: AlertingStatus,
-    /// Each account with its `provider` and `account` label text, formatted once per scrape.
-    accounts: Vec<(AccountState, String)>,
+    /// Every account's current state, shared with [`State`] rather than copied: the scrape
+    /// reads these versions even if polls replace them meanwhile.
+    accounts: Vec<Arc<AccountState>>,
     /// A fluxrouter account's proxy counters and its `provider`/`account` labels.
-    proxies: Vec<(String, Counters, String)>,
+    proxies: Vec<(Counters, String)>,
 }
 
 impl Scrape {
     fn take(state: &State) -> Scrape {
-        let accounts = state
-            .accounts()
-            .into_iter()
-            .map(|(name, a)| {
-                let l = labels(&[("provider", a.provider), ("account", &name)]);
-                (a, l)
-            })
-            .collect();
+        let accounts = state.accounts();
         let proxies = state
             .proxies()
             .into_iter()
-            .map(|(name, p)| {
-                let l = labels(&[("provider", "fluxrouter"), ("account", &name)]);
-                (name, p.meter.counters(), l)
-            })
+            .map(|(name, p)| (p.meter.counters(), account_labels("fluxrouter", &name)))
             .collect();
         Scrape {
             reload: state.reload_status(),
@@ -401,7 +398,7 @@ impl Scrape {
             | Src::ProxyKeyRequests
             | Src::ProxyKeyCost
             | Src::ProxyWriteErrors => {
-                for (_, c, l) in &self.proxies {
+                for (c, l) in &self.proxies {
                     proxy_samples(spec.src, c, l, &mut emit, out);
                     if out.closed {
                         break;
@@ -409,8 +406,8 @@ impl Scrape {
                 }
             }
             src => {
-                for (a, l) in &self.accounts {
-                    account_samples(src, a, l, &mut emit, out);
+                for a in &self.accounts {
+                    account_samples(src, a, &a.labels, &mut emit, out);
                     out.maybe_flush();
                     if out.closed {
                         break;
@@ -439,8 +436,8 @@ fn account_samples(src: Src, a: &AccountState, l: &str, emit: &mut Emit<'_>, out
             }
         }
         Src::ScrapeErrors => {
-            for (reason, n) in &a.errors {
-                emit(out, l, &[("reason", reason)], *n as f64);
+            for (reason, n) in a.errors.iter() {
+                emit(out, l, &[("reason", reason)], n as f64);
             }
         }
         // Kept when stale values are dropped: it is what tells how old they were.

@@ -13,9 +13,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Everything the exporter serves, updated by pollers and the reload path.
+///
+/// Each account's state sits behind its own pointer, and an update swaps in a new version of it
+/// (copy-on-write): a scrape or a page render takes the pointers, 8 bytes an account, and reads
+/// versions that no poll will change under it, instead of copying every account's state.
 #[derive(Debug)]
 pub struct State {
-    accounts: RwLock<BTreeMap<String, AccountState>>,
+    accounts: RwLock<BTreeMap<Arc<str>, Arc<AccountState>>>,
     /// Bumped on every change, so waiters (tests, readiness) wake on events instead of polling.
     changes: watch::Sender<u64>,
     /// Accounts still waiting for their first poll; `/-/ready` answers 200 once it is empty.
@@ -59,14 +63,18 @@ pub struct ReloadStatus {
 /// One account's status and its last successful snapshot.
 #[derive(Debug, Clone)]
 pub struct AccountState {
+    pub name: Arc<str>,
     pub provider: &'static str,
+    /// The account's `provider` and `account` labels as the exposition writes them, formatted
+    /// once for the account's life instead of on every scrape.
+    pub labels: Arc<str>,
     /// Polls attempted, successful or not.
     pub attempts: u64,
     pub up: bool,
     pub last_success: Option<DateTime<Utc>>,
     pub last_duration_seconds: Option<f64>,
     /// Failed polls by reason; every reason is present from the start so `rate()` works.
-    pub errors: BTreeMap<&'static str, u64>,
+    pub errors: ErrorCounts,
     pub last_error: Option<String>,
     /// What the last successful poll produced; `None` before the first success.
     pub snapshot: Option<Arc<Snapshot>>,
@@ -76,19 +84,61 @@ pub struct AccountState {
 }
 
 impl AccountState {
-    pub fn new(provider: &'static str) -> Self {
+    pub fn new(name: &str, provider: &'static str) -> Self {
         AccountState {
+            name: name.into(),
             provider,
+            labels: crate::metrics::account_labels(provider, name).into(),
             attempts: 0,
             up: false,
             last_success: None,
             last_duration_seconds: None,
-            errors: ERROR_REASONS.iter().map(|r| (*r, 0)).collect(),
+            errors: ErrorCounts::default(),
             last_error: None,
             snapshot: None,
             interval: None,
             forecast_window: None,
         }
+    }
+}
+
+/// Failed polls by reason: one counter for each of [`ERROR_REASONS`], in that (alphabetical)
+/// order. A fixed array rather than a map, so an account's state is one allocation and a new
+/// version of it is cheap to make.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorCounts([u64; ERROR_REASONS.len()]);
+
+impl ErrorCounts {
+    /// Counts one failure; `reason` is one of [`ERROR_REASONS`].
+    pub fn add(&mut self, reason: &str) {
+        match ERROR_REASONS.iter().position(|r| *r == reason) {
+            Some(i) => self.0[i] += 1,
+            None => debug_assert!(false, "unknown error reason {reason:?}"),
+        }
+    }
+
+    /// Failures of one reason; `None` for a reason that is not one of [`ERROR_REASONS`].
+    pub fn get(&self, reason: &str) -> Option<u64> {
+        let i = ERROR_REASONS.iter().position(|r| *r == reason)?;
+        Some(self.0[i])
+    }
+
+    /// Every reason with its count, in the order of [`ERROR_REASONS`].
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        ERROR_REASONS.iter().copied().zip(self.0.iter().copied())
+    }
+}
+
+impl std::ops::Index<&str> for ErrorCounts {
+    type Output = u64;
+
+    /// Panics on a reason that is not one of [`ERROR_REASONS`], as a map lookup would.
+    fn index(&self, reason: &str) -> &u64 {
+        let i = ERROR_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or_else(|| panic!("unknown error reason {reason:?}"));
+        &self.0[i]
     }
 }
 
@@ -134,6 +184,14 @@ impl State {
         self.changes.send_modify(|v| *v += 1);
     }
 
+    /// Applies `f` to a new version of the account's state (or to the current one in place when
+    /// nothing else holds it); a scrape that took the old version keeps reading it unchanged.
+    fn update(&self, name: &str, f: impl FnOnce(&mut AccountState)) {
+        if let Some(a) = self.accounts.write().unwrap().get_mut(name) {
+            f(Arc::make_mut(a));
+        }
+    }
+
     /// Waits until `cond` holds, re-checking after every state change.
     pub async fn wait_until(&self, mut cond: impl FnMut(&State) -> bool) {
         let mut rx = self.changes.subscribe();
@@ -150,10 +208,11 @@ impl State {
     /// Registers an account (replacing any previous state) and marks it as awaiting a first poll
     /// when `gate_readiness` is set.
     pub fn add_account(&self, name: &str, provider: &'static str, gate_readiness: bool) {
+        let a = AccountState::new(name, provider);
         self.accounts
             .write()
             .unwrap()
-            .insert(name.to_string(), AccountState::new(provider));
+            .insert(a.name.clone(), Arc::new(a));
         if gate_readiness {
             self.pending_first.write().unwrap().insert(name.to_string());
         }
@@ -168,7 +227,8 @@ impl State {
         match accounts.get(name) {
             Some(a) if a.provider == provider => {}
             _ => {
-                accounts.insert(name.to_string(), AccountState::new(provider));
+                let a = AccountState::new(name, provider);
+                accounts.insert(a.name.clone(), Arc::new(a));
             }
         }
         drop(accounts);
@@ -177,10 +237,10 @@ impl State {
 
     /// Records the account's poll interval and forecast window (shown by the status page).
     pub fn set_schedule(&self, name: &str, interval: Duration, forecast_window: Window) {
-        if let Some(a) = self.accounts.write().unwrap().get_mut(name) {
+        self.update(name, |a| {
             a.interval = Some(interval);
             a.forecast_window = Some(forecast_window);
-        }
+        });
         self.changed();
     }
 
@@ -191,26 +251,27 @@ impl State {
     }
 
     pub fn record_success(&self, name: &str, duration: f64, snapshot: Snapshot) {
-        if let Some(a) = self.accounts.write().unwrap().get_mut(name) {
+        let snapshot = Arc::new(snapshot);
+        self.update(name, |a| {
             a.attempts += 1;
             a.up = true;
             a.last_success = Some(snapshot.at);
             a.last_duration_seconds = Some(duration);
             a.last_error = None;
-            a.snapshot = Some(Arc::new(snapshot));
-        }
+            a.snapshot = Some(snapshot);
+        });
         self.pending_first.write().unwrap().remove(name);
         self.changed();
     }
 
     pub fn record_failure(&self, name: &str, duration: f64, reason: &'static str, message: String) {
-        if let Some(a) = self.accounts.write().unwrap().get_mut(name) {
+        self.update(name, |a| {
             a.attempts += 1;
             a.up = false;
             a.last_duration_seconds = Some(duration);
-            *a.errors.entry(reason).or_insert(0) += 1;
+            a.errors.add(reason);
             a.last_error = Some(message);
-        }
+        });
         self.pending_first.write().unwrap().remove(name);
         self.changed();
     }
@@ -218,19 +279,23 @@ impl State {
     /// Drops the account's last good values (`stale_after` passed): it keeps exporting `up`, the
     /// error counters and the last success time, but no value that could be read as current.
     pub fn expire(&self, name: &str) {
-        if let Some(a) = self.accounts.write().unwrap().get_mut(name) {
-            a.snapshot = None;
-        }
+        self.update(name, |a| a.snapshot = None);
         self.changed();
     }
 
-    /// A consistent copy of every account, for one scrape or one page render.
-    pub fn accounts(&self) -> BTreeMap<String, AccountState> {
-        self.accounts.read().unwrap().clone()
+    /// Every account, in name order, for one scrape or one page render: pointers to the current
+    /// versions, which later updates replace rather than change, so what is read stays
+    /// consistent without copying any account's state.
+    pub fn accounts(&self) -> Vec<Arc<AccountState>> {
+        self.accounts.read().unwrap().values().cloned().collect()
     }
 
     pub fn account(&self, name: &str) -> Option<AccountState> {
-        self.accounts.read().unwrap().get(name).cloned()
+        self.accounts
+            .read()
+            .unwrap()
+            .get(name)
+            .map(|a| AccountState::clone(a))
     }
 
     pub fn is_ready(&self) -> bool {
@@ -330,5 +395,90 @@ impl State {
 
     pub fn alerting(&self) -> AlertingStatus {
         self.alerting.read().unwrap().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn snapshot(at: DateTime<Utc>) -> Snapshot {
+        Snapshot {
+            at,
+            plan: Some("pro".into()),
+            pools: Vec::new(),
+            keys: Vec::new(),
+            endpoints: Vec::new(),
+        }
+    }
+
+    /// A scrape takes pointers to the accounts' states, not copies; a poll during the scrape
+    /// makes a new version of its account, and the scrape keeps reading the old one.
+    #[test]
+    fn readers_share_each_accounts_state_and_updates_replace_it() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap();
+        let state = State::new();
+        state.add_account("b", "fluximage", false);
+        state.add_account("a", "imagerouter", false);
+        state.record_success("a", 0.25, snapshot(t));
+
+        let first = state.accounts();
+        let second = state.accounts();
+        let names: Vec<&str> = first.iter().map(|a| &*a.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        for (x, y) in first.iter().zip(&second) {
+            assert!(Arc::ptr_eq(x, y), "two readers share {}", x.name);
+        }
+        assert_eq!(&*first[0].labels, r#"provider="imagerouter",account="a""#);
+
+        state.record_failure("a", 0.5, "timeout", "no answer".into());
+        let third = state.accounts();
+        assert!(!Arc::ptr_eq(&first[0], &third[0]));
+        assert!(Arc::ptr_eq(&first[1], &third[1]), "b did not change");
+        // The earlier reader's version is as it was; the new one has the failure.
+        assert!(first[0].up && first[0].errors["timeout"] == 0);
+        assert_eq!(first[0].last_duration_seconds, Some(0.25));
+        assert!(!third[0].up && third[0].errors["timeout"] == 1);
+        assert_eq!(third[0].last_error.as_deref(), Some("no answer"));
+        // The last good values stay shared between the versions.
+        assert!(Arc::ptr_eq(
+            first[0].snapshot.as_ref().unwrap(),
+            third[0].snapshot.as_ref().unwrap()
+        ));
+
+        // With no reader left, an update changes the account where it is.
+        let at = Arc::as_ptr(&third[0]);
+        drop((first, second, third));
+        state.record_failure("a", 0.5, "http", "HTTP 503".into());
+        let now = state.accounts();
+        assert_eq!(Arc::as_ptr(&now[0]), at);
+        assert_eq!(now[0].errors["http"], 1);
+    }
+
+    #[test]
+    fn error_counts_list_every_reason_in_order() {
+        let mut e = ErrorCounts::default();
+        e.add("rate_limited");
+        e.add("auth");
+        e.add("rate_limited");
+        let all: Vec<(&str, u64)> = e.iter().collect();
+        assert_eq!(
+            all,
+            [
+                ("auth", 1),
+                ("connect", 0),
+                ("http", 0),
+                ("parse", 0),
+                ("rate_limited", 2),
+                ("timeout", 0)
+            ]
+        );
+        assert_eq!(e.get("rate_limited"), Some(2));
+        assert_eq!(e.get("nope"), None);
+        // Sorted, as the exposition lists them.
+        let mut sorted = ERROR_REASONS;
+        sorted.sort();
+        assert_eq!(sorted, ERROR_REASONS);
     }
 }

@@ -11,8 +11,9 @@ use crate::providers::Unit;
 use crate::state::{AccountState, PoolState};
 use crate::store::{PoolId, Store, StoreError};
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Most points a card's history line is drawn from, whatever the poll interval.
@@ -26,12 +27,10 @@ pub type Histories = HashMap<(String, PoolId), Vec<(i64, f64)>>;
 
 /// Reads the chart history of every pool with a `remaining`: the forecast window before the
 /// pool's last reading. Runs blocking store queries.
-pub fn gather(
-    store: &Store,
-    accounts: &BTreeMap<String, AccountState>,
-) -> Result<Histories, StoreError> {
+pub fn gather(store: &Store, accounts: &[Arc<AccountState>]) -> Result<Histories, StoreError> {
     let mut out = Histories::new();
-    for (name, a) in accounts {
+    for a in accounts {
+        let name = &a.name;
         let Some(snap) = &a.snapshot else { continue };
         let window = window_of(a);
         let until = snap.at.timestamp_millis();
@@ -45,7 +44,7 @@ pub fn gather(
                 key: p.reading.key.clone(),
             };
             let h = store.remaining_history(name, &id, since, until, MAX_CHART_POINTS)?;
-            out.insert((name.clone(), id), h);
+            out.insert((name.to_string(), id), h);
         }
     }
     Ok(out)
@@ -76,9 +75,9 @@ pub fn esc(s: &str) -> String {
 }
 
 /// How often the page reloads itself: the shortest poll interval, within 5..60 seconds.
-pub fn refresh_seconds(accounts: &BTreeMap<String, AccountState>) -> u64 {
+pub fn refresh_seconds(accounts: &[Arc<AccountState>]) -> u64 {
     accounts
-        .values()
+        .iter()
         .filter_map(|a| a.interval)
         .min()
         .map(|d| d.as_secs().clamp(5, 60))
@@ -131,14 +130,15 @@ impl Card<'_> {
 
 /// Renders the whole page; it reloads itself every `refresh` seconds, or never with `None`.
 pub fn render(
-    accounts: &BTreeMap<String, AccountState>,
+    accounts: &[Arc<AccountState>],
     histories: &Histories,
     now: DateTime<Utc>,
     refresh: Option<u64>,
     version: &str,
 ) -> String {
     let mut cards = Vec::new();
-    for (name, a) in accounts {
+    for a in accounts {
+        let name = &*a.name;
         let Some(snap) = &a.snapshot else { continue };
         for p in &snap.pools {
             let id = PoolId {
@@ -154,11 +154,11 @@ pub fn render(
                 window_label: a
                     .forecast_window
                     .as_ref()
-                    .map(|w| w.label.clone())
+                    .map(|w| w.label.to_string())
                     .unwrap_or_else(|| "24h".into()),
                 pool: p,
                 history: histories
-                    .get(&(name.clone(), id))
+                    .get(&(name.to_string(), id))
                     .map(Vec::as_slice)
                     .unwrap_or(&[]),
             });
@@ -187,10 +187,7 @@ pub fn render(
         ),
         None => (String::new(), "auto-refresh off".to_string()),
     };
-    let down = accounts
-        .values()
-        .filter(|a| a.attempts > 0 && !a.up)
-        .count();
+    let down = accounts.iter().filter(|a| a.attempts > 0 && !a.up).count();
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -525,9 +522,10 @@ fn short_date(t: f64) -> String {
         .unwrap_or_default()
 }
 
-fn accounts_table(accounts: &BTreeMap<String, AccountState>) -> String {
+fn accounts_table(accounts: &[Arc<AccountState>]) -> String {
     let mut rows = String::new();
-    for (name, a) in accounts {
+    for a in accounts {
+        let name = &a.name;
         let (class, status) = match (a.attempts, a.up) {
             (0, _) => ("pending", "waiting for first poll"),
             (_, true) => ("up", "up"),
