@@ -13,7 +13,7 @@ use crate::server::{self, ReloadRequest, Web};
 use crate::state::{ProxyInfo, State};
 use crate::store::{self, Store, StoreError};
 use crate::web::{Auth, CertResolver, TlsListener};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -136,7 +136,7 @@ pub fn open_store(
 
 /// Starts the daemon: store, pollers and HTTP server. Returns once the server is listening.
 pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, StartError> {
-    let config = match &source {
+    let mut config = match &source {
         ConfigSource::File(path) => {
             let (config, warnings) = Config::load(path)?;
             for w in warnings {
@@ -146,6 +146,8 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
         }
         ConfigSource::Fixed(c) => (**c).clone(),
     };
+    let retention = config.retention();
+    let accounts = std::mem::take(&mut config.accounts);
     let store = open_store(&config, opts.clock.now())?;
     let state = State::new();
     state.set_reload(true, opts.clock.now());
@@ -176,18 +178,19 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
         Some(files) => Some(CertResolver::new(files).map_err(StartError::Tls)?),
         None => None,
     };
-    let deps = PollerDeps {
+    let deps = Arc::new(PollerDeps {
         http: HttpClient::new()?,
         store: store.clone(),
         state: state.clone(),
         clock: opts.clock.clone(),
         limit: Arc::new(Semaphore::new(config.max_concurrent_polls)),
         writer: Writer::start(store.clone()),
-    };
+    });
 
     let mut sup = Supervisor {
         source,
-        config: config.clone(),
+        config,
+        retention,
         deps,
         web: web.clone(),
         addr,
@@ -197,18 +200,19 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
         alerter: None,
         tls: tls.clone(),
     };
-    for account in &config.accounts {
-        let listener = match sup.needs_listener(account) {
+    let count = accounts.len();
+    for account in accounts {
+        let listener = match sup.needs_listener(&account) {
             Some(addr) => Some(bind_proxy(&account.name, addr)?),
             None => None,
         };
-        sup.ensure_proxy(account, listener)?;
-        sup.start_poller(account.clone(), true, false);
+        sup.ensure_proxy(&account, listener)?;
+        sup.start_poller(account, true, false);
     }
     sup.start_alerter();
     tracing::info!(
         %addr,
-        accounts = config.accounts.len(),
+        accounts = count,
         store = store.path(),
         version = crate::metrics::VERSION,
         "creditwatch started"
@@ -262,7 +266,6 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
 
 struct PollerHandle {
     config: Arc<AccountConfig>,
-    cancel: CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -282,8 +285,14 @@ fn bind_proxy(account: &str, addr: SocketAddr) -> Result<std::net::TcpListener, 
 /// Owns the pollers: starts them, swaps them on reload, prunes the store, stops them on shutdown.
 struct Supervisor {
     source: ConfigSource,
+    /// The running config's daemon-wide settings. Its `accounts` is empty: each account's config
+    /// is held once, by its poller ([`PollerHandle::config`]), not a second time here.
     config: Config,
-    deps: PollerDeps,
+    /// How long samples are kept ([`Config::retention`], which needs the accounts).
+    retention: Duration,
+    /// What every poller shares; pollers started before a change of `max_concurrent_polls`
+    /// keep the version they were given.
+    deps: Arc<PollerDeps>,
     web: Arc<Web>,
     addr: SocketAddr,
     cancel: CancellationToken,
@@ -376,17 +385,18 @@ impl Supervisor {
             account.interval,
             account.forecast_window.clone(),
         );
-        let cancel = self.cancel.child_token();
+        // Every poller watches the daemon's own token: one poller alone is stopped by aborting
+        // its task, so none needs a token of its own (a child token each cost about 100 bytes
+        // an account, and a slot in the parent's list).
         let task = tokio::spawn(poller::run(
             account.clone(),
             self.deps.clone(),
-            cancel.clone(),
+            self.cancel.clone(),
         ));
         self.pollers.insert(
             account.name.clone(),
             PollerHandle {
                 config: account,
-                cancel,
                 task,
             },
         );
@@ -419,7 +429,6 @@ impl Supervisor {
 
     fn stop_poller(&mut self, name: &str) {
         if let Some(p) = self.pollers.remove(name) {
-            p.cancel.cancel();
             p.task.abort();
         }
     }
@@ -456,8 +465,8 @@ impl Supervisor {
                 }
             }
         }
+        // The token the pollers watch is cancelled already.
         for (_, p) in self.pollers.drain() {
-            p.cancel.cancel();
             let _ = p.task.await;
         }
         // A poll cancelled while its reading waited for the writer is still recorded: wait
@@ -486,7 +495,7 @@ impl Supervisor {
     /// Store maintenance, after the first poll round and then hourly: downsample old history,
     /// then drop what is past the retention.
     async fn prune(&self) {
-        let retention = self.config.retention();
+        let retention = self.retention;
         let now = self.deps.clock.now();
         let cutoff =
             now - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(2));
@@ -511,9 +520,9 @@ impl Supervisor {
         // Each proxy's request log is kept for its own retention; its totals are never pruned.
         let now = self.deps.clock.now();
         let logs: Vec<(String, i64)> = self
-            .config
-            .accounts
-            .iter()
+            .pollers
+            .values()
+            .map(|p| &p.config)
             .filter_map(|a| {
                 let keep = a.provider.proxy()?.request_log_retention();
                 let cutoff = now - chrono::Duration::from_std(keep).ok()?;
@@ -545,7 +554,7 @@ impl Supervisor {
         let ConfigSource::File(path) = &self.source else {
             return Err("this instance was not started from a config file".to_string());
         };
-        let (new, warnings) = match Config::load(path) {
+        let (mut new, warnings) = match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
                 self.deps.state.set_reload(false, now);
@@ -566,7 +575,8 @@ impl Supervisor {
             tracing::warn!("state_path changes take effect on restart");
         }
         if new.max_concurrent_polls != self.config.max_concurrent_polls {
-            self.deps.limit = Arc::new(Semaphore::new(new.max_concurrent_polls));
+            Arc::make_mut(&mut self.deps).limit =
+                Arc::new(Semaphore::new(new.max_concurrent_polls));
         }
         // Bind every proxy listener the new config needs before changing anything, so a taken
         // address fails the reload and leaves the running config untouched.
@@ -598,35 +608,37 @@ impl Supervisor {
         }
 
         let (mut added, mut changed, mut removed) = (0, 0, 0);
-        let wanted: HashMap<&str, &AccountConfig> =
-            new.accounts.iter().map(|a| (a.name.as_str(), a)).collect();
+        let wanted: HashSet<&str> = new.accounts.iter().map(|a| a.name.as_str()).collect();
         let running: Vec<String> = self.pollers.keys().cloned().collect();
         for name in running {
-            if !wanted.contains_key(name.as_str()) {
+            if !wanted.contains(name.as_str()) {
                 self.stop_poller(&name);
                 self.stop_proxy(&name);
                 self.deps.state.remove_account(&name);
                 removed += 1;
             }
         }
+        self.retention = new.retention();
         let mut failures = Vec::new();
-        for account in &new.accounts {
+        // The new accounts go to their pollers; an unchanged account keeps its running poller
+        // and the config it already holds, and the new copy is dropped.
+        for account in std::mem::take(&mut new.accounts) {
             let unchanged =
-                matches!(self.pollers.get(&account.name), Some(p) if *p.config == *account);
+                matches!(self.pollers.get(&account.name), Some(p) if *p.config == account);
             if unchanged {
                 continue;
             }
-            if let Err(e) = self.ensure_proxy(account, listeners.remove(&account.name)) {
+            if let Err(e) = self.ensure_proxy(&account, listeners.remove(&account.name)) {
                 // Only the store can fail here (the listener is bound): say so, keep the rest.
                 tracing::error!("{e}");
                 failures.push(e.to_string());
             }
             if self.pollers.contains_key(&account.name) {
                 self.stop_poller(&account.name);
-                self.start_poller(account.clone(), false, true);
+                self.start_poller(account, false, true);
                 changed += 1;
             } else {
-                self.start_poller(account.clone(), false, false);
+                self.start_poller(account, false, false);
                 added += 1;
             }
         }

@@ -73,56 +73,64 @@ pub fn next_wait(
 
 /// Polls one account until cancelled: once at start, then as [`next_wait`] says. With
 /// `stale_after` set, the last good values are dropped once the last success is that old.
-pub async fn run(account: Arc<AccountConfig>, deps: PollerDeps, cancel: CancellationToken) {
+///
+/// `deps` is shared by every poller: an idle task holds a pointer to it, not its own copy.
+pub async fn run(account: Arc<AccountConfig>, deps: Arc<PollerDeps>, cancel: CancellationToken) {
     let mut failures: u32 = 0;
     let mut last_success: Option<tokio::time::Instant> = None;
     let mut expired = false;
     loop {
-        // Boxed: the poll's state (the HTTP client's futures) is most of this task's size, and
-        // a task spends nearly all its life asleep between polls. Inline, every idle account
-        // held about 1.7 KB for it.
-        let (outcome, began) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = Box::pin(poll_timed(&account, &deps)) => r,
-        };
-        if outcome.is_ok() {
-            failures = 0;
-            last_success = Some(tokio::time::Instant::now());
-            expired = false;
-        } else {
-            failures = failures.saturating_add(1);
-        }
-        let wait = next_wait(&outcome, failures, account.interval, fastrand::f64());
-        // A healthy account is polled every `interval` from the start of its last poll, not from
-        // its end: time spent waiting for the writer does not stretch the interval, and accounts
-        // whose first polls were spread out by `max_concurrent_polls` stay spread out instead of
-        // coming due together again. Retries count from the failure.
-        let from = if outcome.is_ok() {
-            began
-        } else {
-            tokio::time::Instant::now()
-        };
-        let wake = from + wait;
-        loop {
-            let stale_at = match (account.stale_after, last_success) {
-                (Some(s), Some(t)) if !expired => Some(t + s),
-                _ => None,
+        // In a block of its own, so the outcome is not kept while the task sleeps.
+        let wake = {
+            // A slot among `max_concurrent_polls` first, then the poll: at start every account
+            // is due at once, and a poll built before its turn would wait with its whole state.
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => return,
+                p = deps.limit.acquire() => p.expect("semaphore never closed"),
             };
-            let stale = async {
-                match stale_at {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
+            let began = tokio::time::Instant::now();
+            // Boxed: the poll's state (the HTTP client's futures) is most of this task's size,
+            // and a task spends nearly all its life asleep between polls. Inline, every idle
+            // account held about 1.7 KB for it.
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = Box::pin(poll_permitted(&account, &deps, permit)) => r,
+            };
+            if outcome.is_ok() {
+                failures = 0;
+                last_success = Some(tokio::time::Instant::now());
+                expired = false;
+            } else {
+                failures = failures.saturating_add(1);
+            }
+            let wait = next_wait(&outcome, failures, account.interval, fastrand::f64());
+            // A healthy account is polled every `interval` from the start of its last poll, not
+            // from its end: time spent waiting for the writer does not stretch the interval, and
+            // accounts whose first polls were spread out by `max_concurrent_polls` stay spread
+            // out instead of coming due together again. Retries count from the failure.
+            let from = if outcome.is_ok() {
+                began
+            } else {
+                tokio::time::Instant::now()
+            };
+            from + wait
+        };
+        loop {
+            // One timer, to whichever comes first: an idle task holds one `Sleep`, not two.
+            let stale_at = match (account.stale_after, last_success) {
+                (Some(s), Some(t)) if !expired => Some(t + s).filter(|at| *at < wake),
+                _ => None,
             };
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(wake) => break,
-                _ = stale => {
-                    expired = true;
-                    tracing::warn!(account = %account.name, "last successful poll is older than stale_after; its values are no longer exported");
-                    deps.state.expire(&account.name);
-                }
+                _ = tokio::time::sleep_until(stale_at.unwrap_or(wake)) => {}
             }
+            if stale_at.is_none() {
+                break;
+            }
+            expired = true;
+            tracing::warn!(account = %account.name, "last successful poll is older than stale_after; its values are no longer exported");
+            deps.state.expire(&account.name);
         }
     }
 }
@@ -130,18 +138,8 @@ pub async fn run(account: Arc<AccountConfig>, deps: PollerDeps, cancel: Cancella
 /// One poll: fetch, ingest, update state. Errors are recorded in state and logged, never raised
 /// past the account.
 pub async fn poll_once(account: &Arc<AccountConfig>, deps: &PollerDeps) -> Result<(), PollError> {
-    poll_timed(account, deps).await.0
-}
-
-/// [`poll_once`], also returning when the poll began: once a slot among `max_concurrent_polls`
-/// was free.
-async fn poll_timed(
-    account: &Arc<AccountConfig>,
-    deps: &PollerDeps,
-) -> (Result<(), PollError>, tokio::time::Instant) {
     let permit = deps.limit.acquire().await.expect("semaphore never closed");
-    let began = tokio::time::Instant::now();
-    (poll_permitted(account, deps, permit).await, began)
+    poll_permitted(account, deps, permit).await
 }
 
 async fn poll_permitted(
@@ -233,7 +231,8 @@ mod tests {
     }
 
     /// A poller task sleeps between polls nearly all its life, so its size is what 10,000
-    /// accounts cost at rest: the poll itself (the HTTP client's futures) must stay boxed.
+    /// accounts cost at rest: the poll itself (the HTTP client's futures) must stay boxed, and
+    /// be built only once the poll has its slot.
     #[tokio::test]
     async fn an_idle_poller_task_is_small() {
         let text = "[[account]]\nname = \"a\"\nprovider = \"imagerouter\"\napi_key = \"k\"\n";
@@ -254,9 +253,14 @@ mod tests {
             writer: Writer::start(store),
         };
         let account = Arc::new(config.accounts[0].clone());
-        let task = run(account.clone(), deps.clone(), CancellationToken::new());
-        let inline = poll_timed(&account, &deps);
-        // Boxed, the task holds a pointer to the poll rather than the poll itself.
+        let task = run(
+            account.clone(),
+            Arc::new(deps.clone()),
+            CancellationToken::new(),
+        );
+        let inline = poll_once(&account, &deps);
+        // Boxed, the task holds a pointer to the poll rather than the poll itself, also while it
+        // waits for a slot among `max_concurrent_polls` (as every account does at start).
         assert!(
             std::mem::size_of_val(&task) < std::mem::size_of_val(&inline),
             "{} bytes per idle account (the poll alone is {})",

@@ -406,7 +406,7 @@ mod tests {
         let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         match Config::parse(&src, Path::new("t.toml"), Path::new("."), &lookup) {
             Ok((c, _)) => match &c.accounts[0].provider {
-                crate::providers::ProviderSettings::HttpJson(s) => Ok(s.clone()),
+                crate::providers::ProviderSettings::HttpJson(s) => Ok((**s).clone()),
                 _ => unreachable!(),
             },
             Err(e) => Err(e.problems.iter().map(|p| p.to_string()).collect()),

@@ -208,13 +208,15 @@ pub struct PollContext<'a> {
 }
 
 /// Each provider's own settings (the provider keys of an `[[account]]`); one variant per provider.
+/// The large ones are boxed: every account's config holds this enum, and it is as large as its
+/// largest variant.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderSettings {
     Fluximage(fluximage::Settings),
     Fluxrouter(Box<fluxrouter::Settings>),
     Imagerouter(imagerouter::Settings),
     Floow(floow::Settings),
-    HttpJson(http_json::Settings),
+    HttpJson(Box<http_json::Settings>),
 }
 
 impl ProviderSettings {
@@ -243,7 +245,9 @@ impl ProviderSettings {
             }),
             "imagerouter" => wrap(deserialize_tracking(value), ProviderSettings::Imagerouter),
             "floow" => wrap(deserialize_tracking(value), ProviderSettings::Floow),
-            "http_json" => wrap(deserialize_tracking(value), ProviderSettings::HttpJson),
+            "http_json" => wrap(deserialize_tracking(value), |s| {
+                ProviderSettings::HttpJson(Box::new(s))
+            }),
             _ => return None,
         })
     }
