@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -100,7 +101,8 @@ pub enum KeySource {
 /// A burn-rate window: its length, and the text the user wrote (`"24h"`), used as the label.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
-    pub label: String,
+    /// Shared by every pool's burn rate over this window ([`crate::forecast::Forecast::burn`]).
+    pub label: Arc<str>,
     pub duration: Duration,
 }
 
@@ -329,7 +331,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
 impl HumanDuration {
     fn window(&self) -> Window {
         Window {
-            label: self.text.clone(),
+            label: self.text.as_str().into(),
             duration: self.duration,
         }
     }
@@ -1011,7 +1013,7 @@ billing_anchor = "2026-01-15"
         let a = &c.accounts[0];
         assert_eq!(a.interval, Duration::from_secs(300));
         assert_eq!(a.timeout, Duration::from_secs(15));
-        assert_eq!(a.burn_windows[1].label, "24h");
+        assert_eq!(&*a.burn_windows[1].label, "24h");
         assert_eq!(a.forecast_window.duration, Duration::from_secs(86400));
         assert_eq!(a.key.as_ref().unwrap().expose(), "secret-value");
         assert_eq!(a.billing_anchor, NaiveDate::from_ymd_opt(2026, 1, 15));
@@ -1025,7 +1027,7 @@ billing_anchor = "2026-01-15"
         let c = parse_with_env(&src, &[("K", "v")]).unwrap();
         assert_eq!(c.accounts[0].interval, Duration::from_secs(1));
         assert_eq!(c.accounts[0].burn_windows.len(), 1);
-        assert_eq!(c.accounts[0].burn_windows[0].label, "10m");
+        assert_eq!(&*c.accounts[0].burn_windows[0].label, "10m");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod schedule;
 use crate::config::Window;
 use chrono::{DateTime, Utc};
 use schedule::Period;
+use std::sync::Arc;
 
 /// A window (or a period) exports nothing until its samples span at least this fraction of it.
 pub const MIN_WINDOW_COVERAGE: f64 = 0.1;
@@ -88,8 +89,9 @@ fn secs(t: DateTime<Utc>) -> f64 {
 /// Everything the forecast families export for one pool.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Forecast {
-    /// Burn per configured window label, where the window has enough data.
-    pub burn: Vec<(String, f64)>,
+    /// Burn per configured window label, where the window has enough data. The label is the
+    /// config's own text, shared rather than copied into every pool's forecast.
+    pub burn: Vec<(Arc<str>, f64)>,
     /// Average burn since the period start, once 10% of the period has elapsed.
     pub burn_period: Option<f64>,
     /// The burn that drives projections: the forecast window's, else the period average.
@@ -126,13 +128,11 @@ pub struct ForecastInput<'a> {
 /// out this period", and `exhausts_before_reset` is the verdict to alert on.
 pub fn forecast(input: &ForecastInput<'_>) -> Forecast {
     let now = secs(input.now);
-    let burn: Vec<(String, f64)> = input
-        .windows
-        .iter()
-        .filter_map(|w| {
-            burn_rate(input.points, w.duration.as_secs_f64(), now).map(|b| (w.label.clone(), b))
-        })
-        .collect();
+    // Sized to the windows: every pool of every account keeps one until its next poll.
+    let mut burn = Vec::with_capacity(input.windows.len());
+    burn.extend(input.windows.iter().filter_map(|w| {
+        burn_rate(input.points, w.duration.as_secs_f64(), now).map(|b| (w.label.clone(), b))
+    }));
     let burn_period = period_burn_rate(input.used, input.period, input.now);
     let burn_forecast = burn_rate(
         input.points,
@@ -394,7 +394,7 @@ mod tests {
             Some(period),
             now,
         ));
-        assert_eq!(f.burn, vec![("1h".to_string(), 1.0)]);
+        assert_eq!(f.burn, vec![("1h".into(), 1.0)]);
         assert_eq!(f.burn_period, Some(0.5));
         assert_eq!(f.burn_forecast, Some(1.0));
         assert_eq!(f.exhaustion, Some(n + 1000.0));
