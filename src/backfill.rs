@@ -11,16 +11,15 @@
 
 use crate::providers::Reading;
 use crate::store::{Ledger, PoolId, SampleRow};
-use std::collections::BTreeMap;
 
 /// Sample rows for the history in `reading`. `rows` are the live rows about to be recorded
-/// (their `consumed` is each pool's running total now), `ledgers` what the store held before
-/// this poll. Of the samples older than `since_ms` (the start of the longest window) only the
+/// (their `consumed` is each pool's running total now), `ledger` finds what the store held
+/// for a pool before this poll. Of the samples older than `since_ms` (the start of the longest window) only the
 /// newest is kept: it anchors the interpolation at that window's start.
-pub fn rows(
+pub fn rows<'a>(
     reading: &Reading,
     rows: &[SampleRow],
-    ledgers: &BTreeMap<PoolId, Ledger>,
+    ledger: impl Fn(&PoolId) -> Option<&'a Ledger>,
     now_ms: i64,
     since_ms: i64,
 ) -> Vec<SampleRow> {
@@ -39,7 +38,7 @@ pub fn rows(
         ) else {
             continue;
         };
-        let ledger = ledgers.get(&id);
+        let ledger = ledger(&id);
         let after_ms = ledger.map(|l| l.last_ts_ms).unwrap_or(i64::MIN);
         let floor = ledger.map(|l| l.consumed).unwrap_or(f64::NEG_INFINITY);
         let baseline = h
@@ -148,13 +147,7 @@ mod tests {
             ("2026-04-12T00:00:00Z", 150.0),
         ]);
         let now = t("2026-04-12T14:30:00Z").timestamp_millis();
-        let out = rows(
-            &r,
-            &[live("2026-04-12T14:30:00Z", 0.0)],
-            &BTreeMap::new(),
-            now,
-            0,
-        );
+        let out = rows(&r, &[live("2026-04-12T14:30:00Z", 0.0)], |_| None, now, 0);
         assert_eq!(
             got(&out),
             vec![
@@ -168,7 +161,7 @@ mod tests {
         let out = rows(
             &r,
             &[live("2026-04-12T14:30:00Z", 0.0)],
-            &BTreeMap::new(),
+            |_| None,
             now,
             since,
         );
@@ -198,17 +191,29 @@ mod tests {
                 period_start_ms: None,
             },
         };
-        let ledgers = BTreeMap::from([(id(), ledger)]);
+        let ledgers = std::collections::BTreeMap::from([(id(), ledger)]);
         let now = t("2026-04-12T14:30:00Z").timestamp_millis();
         // 200 consumed since the last poll by the used-based ledger; the midnight sample sits 150
         // below the live total.
-        let out = rows(&r, &[live("2026-04-12T14:30:00Z", 300.0)], &ledgers, now, 0);
+        let out = rows(
+            &r,
+            &[live("2026-04-12T14:30:00Z", 300.0)],
+            |i| ledgers.get(i),
+            now,
+            0,
+        );
         assert_eq!(
             got(&out),
             vec![(t("2026-04-12T00:00:00Z").timestamp(), 150.0)]
         );
         // A series that disagrees with the ledger is clamped to it: history never goes back.
-        let out = rows(&r, &[live("2026-04-12T14:30:00Z", 120.0)], &ledgers, now, 0);
+        let out = rows(
+            &r,
+            &[live("2026-04-12T14:30:00Z", 120.0)],
+            |i| ledgers.get(i),
+            now,
+            0,
+        );
         assert_eq!(
             got(&out),
             vec![(t("2026-04-12T00:00:00Z").timestamp(), 100.0)]

@@ -27,7 +27,7 @@ use crate::providers::Reading;
 use crate::state::{PoolState, Snapshot};
 use crate::store::{Around, Batch, Ids, Ledger, PoolId, SampleRow, Store, StoreError};
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -161,8 +161,8 @@ pub struct Tracker {
 
 #[derive(Default)]
 struct AccountTrack {
-    /// The store's ledgers of the account, once read.
-    ledgers: Option<BTreeMap<PoolId, Ledger>>,
+    /// The store's ledgers of the account (by pool id), once read.
+    ledgers: Option<HashMap<i64, Ledger>>,
     /// The store's ids of the account and its pools.
     ids: Ids,
     /// Each pool's cursors (by pool id), one per burn window.
@@ -309,8 +309,10 @@ impl Tracker {
                 Err(e) => ledger_error = Some(e),
             }
         }
-        let no_ledgers = BTreeMap::new();
+        let no_ledgers = HashMap::new();
         let ledgers = track.ledgers.as_ref().unwrap_or(&no_ledgers);
+        let ids = &track.ids;
+        let ledger_of = |id: &PoolId| ids.pool(id).and_then(|p| ledgers.get(&p));
         let mut rows = Vec::with_capacity(reading.pools.len());
         let mut periods = Vec::with_capacity(reading.pools.len());
         for pool in &reading.pools {
@@ -324,7 +326,7 @@ impl Tracker {
                 remaining: pool.remaining,
                 period_start_ms: period.map(|p| p.start.timestamp_millis()),
             };
-            let consumed = match (ledgers.get(&id), pool.cumulative) {
+            let consumed = match (ledger_of(&id), pool.cumulative) {
                 // The provider's own exact total; never below what was already exported.
                 (Some(l), Some(total)) => total.max(l.consumed),
                 (None, Some(total)) => total,
@@ -352,22 +354,26 @@ impl Tracker {
             .max()
             .unwrap_or(Duration::from_secs(3600));
         let since = now_ms - longest.as_millis() as i64;
-        let past = backfill::rows(&reading, &rows, ledgers, now_ms, since);
+        let past = backfill::rows(&reading, &rows, ledger_of, now_ms, since);
         let write = match ledger_error {
             Some(e) => Err(e),
             None => batch.record(&account.name, &mut track.ids, &rows, &past),
         };
         let written = write.is_ok();
         if written {
-            let ledgers = track.ledgers.get_or_insert_with(BTreeMap::new);
+            let ledgers = track.ledgers.get_or_insert_with(HashMap::new);
             for r in &rows {
+                // Every written row's pool has an id now.
+                let Some(p) = track.ids.pool(&r.id) else {
+                    continue;
+                };
                 let last = Observation {
                     used: r.used,
                     remaining: r.remaining,
                     period_start_ms: r.period_start_ms,
                 };
                 // As the store's upsert does: first_seen only when the ledger is new.
-                let l = ledgers.entry(r.id.clone()).or_insert_with(|| Ledger {
+                let l = ledgers.entry(p).or_insert_with(|| Ledger {
                     unit: r.unit.clone(),
                     first_seen_ms: r.ts_ms,
                     last_ts_ms: r.ts_ms,
@@ -380,11 +386,7 @@ impl Tracker {
                 l.last_ts_ms = r.ts_ms;
                 l.consumed = r.consumed;
                 l.last = last;
-                let cursors = track
-                    .ids
-                    .pool(&r.id)
-                    .and_then(|p| track.cursors.get_mut(&p));
-                for c in cursors.into_iter().flatten() {
+                for c in track.cursors.get_mut(&p).into_iter().flatten() {
                     c.push(r.ts_ms, r.consumed);
                 }
             }

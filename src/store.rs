@@ -503,7 +503,12 @@ impl Store {
 
     /// Every pool ledger of an account.
     pub fn ledgers(&self, account: &str) -> Result<BTreeMap<PoolId, Ledger>, StoreError> {
-        ledgers_in(&self.conn(), account, None).map_err(|e| self.err(e))
+        let mut out = BTreeMap::new();
+        ledgers_in(&self.conn(), account, |_, _, id, ledger| {
+            out.insert(id, ledger);
+        })
+        .map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     /// Records one poll's samples and moves each pool's ledger forward, atomically.
@@ -1064,13 +1069,21 @@ pub struct Batch<'a> {
 
 impl Batch<'_> {
     /// Every pool ledger of an account.
-    /// Every pool ledger of an account; `ids` learns the ids of the account and its pools.
+    /// Every pool ledger of an account, by pool id; `ids` learns the ids of the account and
+    /// its pools.
     pub fn ledgers(
         &self,
         account: &str,
         ids: &mut Ids,
-    ) -> Result<BTreeMap<PoolId, Ledger>, StoreError> {
-        ledgers_in(self.conn, account, Some(ids)).map_err(|e| self.store.err(e))
+    ) -> Result<HashMap<i64, Ledger>, StoreError> {
+        let mut out = HashMap::new();
+        ledgers_in(self.conn, account, |a, p, id, ledger| {
+            ids.account = Some(a);
+            ids.pools.insert(id, p);
+            out.insert(p, ledger);
+        })
+        .map_err(|e| self.store.err(e))?;
+        Ok(out)
     }
 
     /// Records one poll as [`Store::record_with_history`] does, inside a savepoint: if any of its
@@ -1317,11 +1330,12 @@ fn prune_victims(ts: &[i64], before_ms: i64) -> Vec<i64> {
         .collect()
 }
 
+/// Calls `each(account_id, pool_id, pool, ledger)` for every pool ledger of an account.
 fn ledgers_in(
     conn: &Connection,
     account: &str,
-    mut ids: Option<&mut Ids>,
-) -> rusqlite::Result<BTreeMap<PoolId, Ledger>> {
+    mut each: impl FnMut(i64, i64, PoolId, Ledger),
+) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "SELECT i.pool, i.key, l.unit, l.first_seen_ms, l.last_ts_ms, l.consumed, l.used,
                 l.remaining, l.period_start_ms, a.id, i.id
@@ -1330,16 +1344,11 @@ fn ledgers_in(
          WHERE a.name = ?1",
     )?;
     let mut rows = stmt.query(params![account])?;
-    let mut out = BTreeMap::new();
     while let Some(r) = rows.next()? {
         let id = PoolId {
             pool: r.get(0)?,
             key: r.get(1)?,
         };
-        if let Some(ids) = ids.as_deref_mut() {
-            ids.account = Some(r.get(9)?);
-            ids.pools.insert(id.clone(), r.get(10)?);
-        }
         let ledger = Ledger {
             unit: r.get(2)?,
             first_seen_ms: r.get(3)?,
@@ -1351,9 +1360,9 @@ fn ledgers_in(
                 period_start_ms: r.get(8)?,
             },
         };
-        out.insert(id, ledger);
+        each(r.get(9)?, r.get(10)?, id, ledger);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Binds a sample's columns, in the order of both sample inserts, and runs the statement.
