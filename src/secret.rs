@@ -32,16 +32,22 @@ impl Secret {
     /// scheme (`Bearer sk-...`) is also scrubbed by its parts.
     pub fn redact(text: &str, secrets: &[&Secret]) -> String {
         let mut out = text.to_string();
+        Secret::scrub(&mut out, secrets);
+        out
+    }
+
+    /// [`Secret::redact`] in place: `text` is rewritten only when it holds a secret, so the
+    /// label values of every poll (nearly always clean) cost a search, not a copy.
+    pub fn scrub(text: &mut String, secrets: &[&Secret]) {
         for s in secrets {
             let whole = s.expose();
             let parts = std::iter::once(whole).chain(whole.split_whitespace());
             for p in parts {
-                if p.len() >= MIN_REDACT_LEN && out.contains(p) {
-                    out = out.replace(p, "***");
+                if p.len() >= MIN_REDACT_LEN && text.contains(p) {
+                    *text = text.replace(p, "***");
                 }
             }
         }
-        out
     }
 }
 

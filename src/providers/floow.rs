@@ -211,13 +211,14 @@ pub fn parse(
     // Credits by UTC day, sorted.
     let mut days: BTreeMap<NaiveDate, f64> = BTreeMap::new();
     for (i, d) in u.daily.iter().enumerate() {
-        let date = NaiveDate::parse_from_str(&d.date, "%Y-%m-%d").map_err(|e| {
+        // `NaiveDate`'s own ISO 8601 parser: a format string is interpreted again per call.
+        let date = d.date.parse::<NaiveDate>().map_err(|e| {
             PollError::parse(format!(
                 "field `daily[{i}].date` is not a YYYY-MM-DD date ({:?}: {e})",
                 crate::http::sanitize(&d.date)
             ))
         })?;
-        let credits = checked_amount(&format!("daily[{i}].credits"), d.credits)?;
+        let credits = checked_amount(format_args!("daily[{i}].credits"), d.credits)?;
         if days.insert(date, credits).is_some() {
             return Err(PollError::parse(format!(
                 "field `daily` lists {date} twice"
@@ -272,7 +273,6 @@ pub fn parse(
 
     let mut endpoints = Vec::with_capacity(u.summary.by_endpoint.len());
     for (name, e) in &u.summary.by_endpoint {
-        let f = |field: &str| format!("summary.byEndpoint.{name}.{field}");
         endpoints.push(EndpointUsage {
             endpoint: name.clone(),
             label: e
@@ -282,8 +282,8 @@ pub fn parse(
                 .filter(|l| !l.is_empty())
                 .unwrap_or(name)
                 .to_string(),
-            calls: checked_amount(&f("calls"), e.calls)?,
-            credits: checked_amount(&f("credits"), e.credits)?,
+            calls: checked_amount(format_args!("summary.byEndpoint.{name}.calls"), e.calls)?,
+            credits: checked_amount(format_args!("summary.byEndpoint.{name}.credits"), e.credits)?,
         });
     }
 

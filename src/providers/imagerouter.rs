@@ -128,7 +128,7 @@ struct KeyUsage {
     expires_at: Option<String>,
 }
 
-fn timestamp(field: &str, s: &str) -> Result<DateTime<Utc>, PollError> {
+fn timestamp(field: impl std::fmt::Display, s: &str) -> Result<DateTime<Utc>, PollError> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| {
@@ -178,15 +178,17 @@ pub fn parse(body: &[u8], now: DateTime<Utc>, per_key: bool) -> Result<Reading, 
         })?;
         let names = unique_names(&list);
         for (i, (k, name)) in list.iter().zip(names).enumerate() {
-            let f = |field: &str| format!("usage_by_api_key[{i}].{field}");
-            let spent = parse_decimal(&f("credit_usage"), &k.credit_usage)?;
+            // Field names are formatted only when an error needs one: a 10,000-key body has
+            // tens of thousands of fields.
+            let f = |field: &'static str| Field(i, field);
+            let spent = parse_decimal(f("credit_usage"), &k.credit_usage)?;
             let expires_at = match &k.expires_at {
-                Some(s) => Some(timestamp(&f("expires_at"), s)?),
+                Some(s) => Some(timestamp(f("expires_at"), s)?),
                 None => None,
             };
             if let Some(limit) = &k.spend_limit {
-                let limit = parse_decimal(&f("spend_limit"), limit)?;
-                pools.push(key_pool(k, &name, limit, now, &f)?);
+                let limit = parse_decimal(f("spend_limit"), limit)?;
+                pools.push(key_pool(k, &name, limit, now, i)?);
             }
             keys.push(KeyInfo {
                 key: name,
@@ -205,16 +207,27 @@ pub fn parse(body: &[u8], now: DateTime<Utc>, per_key: bool) -> Result<Reading, 
     })
 }
 
+/// The path of a field of the `i`th key, `usage_by_api_key[i].field`, for error messages.
+#[derive(Clone, Copy)]
+struct Field(usize, &'static str);
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "usage_by_api_key[{}].{}", self.0, self.1)
+    }
+}
+
 /// The `key_spend` pool of a key with a spend limit.
 fn key_pool(
     k: &KeyUsage,
     name: &str,
     limit: Decimal,
     now: DateTime<Utc>,
-    f: &dyn Fn(&str) -> String,
+    i: usize,
 ) -> Result<PoolReading, PollError> {
+    let f = |field: &'static str| Field(i, field);
     let period_spend = match &k.period_spend {
-        Some(s) => parse_decimal(&f("period_spend"), s)?,
+        Some(s) => parse_decimal(f("period_spend"), s)?,
         None => Decimal::ZERO,
     };
     let every = match k.spend_limit_period.as_deref() {
@@ -231,7 +244,7 @@ fn key_pool(
         }
     };
     let start = match &k.period_start {
-        Some(s) => Some(timestamp(&f("period_start"), s)?),
+        Some(s) => Some(timestamp(f("period_start"), s)?),
         None => None,
     };
     let (used, schedule) = match (every, start) {

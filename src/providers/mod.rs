@@ -332,7 +332,7 @@ impl ProviderSettings {
 
 /// Checks a count read from a payload: finite, not negative and not absurdly large, so a hostile
 /// or broken upstream can never become a wrong number on a dashboard.
-pub fn checked_amount(field: &str, v: f64) -> Result<f64, PollError> {
+pub fn checked_amount(field: impl std::fmt::Display, v: f64) -> Result<f64, PollError> {
     const MAX: f64 = MAX_AMOUNT;
     if !v.is_finite() {
         return Err(PollError::parse(format!(
@@ -355,7 +355,7 @@ pub fn checked_amount(field: &str, v: f64) -> Result<f64, PollError> {
 /// Parses a money amount sent as a decimal string (`"25.5000"`) exactly. Only plain decimal
 /// notation is accepted: `NaN`, `inf`, exponents, signs, separators and empty strings are refused
 /// with the field named, so they can never become a value.
-pub fn parse_decimal(field: &str, s: &str) -> Result<Decimal, PollError> {
+pub fn parse_decimal(field: impl std::fmt::Display, s: &str) -> Result<Decimal, PollError> {
     let bad = |why: &str| {
         PollError::parse(format!(
             "field `{field}` is {why} ({:?}); expected a decimal string like \"25.5000\"",
@@ -372,7 +372,7 @@ pub fn parse_decimal(field: &str, s: &str) -> Result<Decimal, PollError> {
     }
     let d = Decimal::from_str_exact(s).map_err(|_| bad("out of range"))?;
     // A plain decimal's text parses (correctly rounded) to the same f64 as the decimal's.
-    checked_amount(field, s.parse().map_err(|_| bad("not a decimal number"))?)?;
+    checked_amount(&field, s.parse().map_err(|_| bad("not a decimal number"))?)?;
     Ok(d)
 }
 
@@ -389,10 +389,31 @@ fn is_plain_decimal(s: &str) -> bool {
 /// The f64 nearest to a decimal (through its shortest text form, which Rust parses correctly
 /// rounded), so "4.2000" exports exactly as 4.2 does.
 pub fn decimal_to_f64(d: Decimal) -> f64 {
-    d.normalize()
-        .to_string()
-        .parse()
-        .expect("a decimal's text is a valid f64")
+    // Through the decimal's text, which parses correctly rounded; written on the stack, since
+    // a 10,000-key body has tens of thousands of amounts.
+    struct Buf([u8; 64], usize);
+    impl std::fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let end = self.1 + s.len();
+            self.0
+                .get_mut(self.1..end)
+                .ok_or(std::fmt::Error)?
+                .copy_from_slice(s.as_bytes());
+            self.1 = end;
+            Ok(())
+        }
+    }
+    let mut buf = Buf([0; 64], 0);
+    let text = match std::fmt::write(&mut buf, format_args!("{}", d.normalize())) {
+        Ok(()) => std::str::from_utf8(&buf.0[..buf.1]).ok(),
+        Err(_) => None,
+    };
+    match text {
+        Some(t) => t.parse(),
+        // Longer than any decimal's text; kept correct all the same.
+        None => d.normalize().to_string().parse(),
+    }
+    .expect("a decimal's text is a valid f64")
 }
 
 /// Deserializes a JSON body, naming the field in the error (`field \`x\`: invalid type ...`).
@@ -469,16 +490,16 @@ impl Reading {
             return;
         }
         if let Some(p) = &mut self.plan {
-            *p = Secret::redact(p, secrets);
+            Secret::scrub(p, secrets);
         }
         for p in &mut self.pools {
-            p.key = Secret::redact(&p.key, secrets);
+            Secret::scrub(&mut p.key, secrets);
         }
         for k in &mut self.keys {
-            k.key = Secret::redact(&k.key, secrets);
+            Secret::scrub(&mut k.key, secrets);
         }
         for e in &mut self.endpoints {
-            e.label = Secret::redact(&e.label, secrets);
+            Secret::scrub(&mut e.label, secrets);
         }
     }
 
@@ -568,6 +589,24 @@ impl Reading {
 mod tests {
     use super::*;
     use crate::forecast::schedule::Schedule;
+
+    /// A decimal becomes the f64 nearest to its value: the one its text parses to, down to the
+    /// widest decimals (28 fractional digits) and the largest.
+    #[test]
+    fn decimals_become_the_nearest_f64() {
+        for text in [
+            "0",
+            "25.5000",
+            "0.1",
+            "1234567.89",
+            "0.1000000000000000000000000001",
+            "7922816251426433759354395033.5",
+            "79228162514264337593543950335",
+        ] {
+            let d = Decimal::from_str_exact(text).unwrap();
+            assert_eq!(decimal_to_f64(d), text.parse::<f64>().unwrap(), "{text}");
+        }
+    }
 
     fn pool(key: &str, used: f64) -> PoolReading {
         PoolReading {
