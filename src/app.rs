@@ -385,14 +385,10 @@ impl Supervisor {
             account.interval,
             account.forecast_window.clone(),
         );
-        // Every poller watches the daemon's own token: one poller alone is stopped by aborting
-        // its task, so none needs a token of its own (a child token each cost about 100 bytes
-        // an account, and a slot in the parent's list).
-        let task = tokio::spawn(poller::run(
-            account.clone(),
-            self.deps.clone(),
-            self.cancel.clone(),
-        ));
+        // Stopped by aborting the task (`stop_poller`, shutdown): an idle poller holds no
+        // cancellation token of its own (a child token each cost about 100 bytes an account,
+        // and a slot in the parent's list).
+        let task = tokio::spawn(poller::run(account.clone(), self.deps.clone()));
         self.pollers.insert(
             account.name.clone(),
             PollerHandle {
@@ -465,9 +461,12 @@ impl Supervisor {
                 }
             }
         }
-        // The token the pollers watch is cancelled already.
-        for (_, p) in self.pollers.drain() {
-            let _ = p.task.await;
+        let pollers: Vec<JoinHandle<()>> = self.pollers.drain().map(|(_, p)| p.task).collect();
+        for task in &pollers {
+            task.abort();
+        }
+        for task in pollers {
+            let _ = task.await;
         }
         // A poll cancelled while its reading waited for the writer is still recorded: wait
         // for the writer to get through what was queued.

@@ -11,7 +11,6 @@ use crate::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 /// What every poller shares.
 #[derive(Clone)]
@@ -71,11 +70,13 @@ pub fn next_wait(
     }
 }
 
-/// Polls one account until cancelled: once at start, then as [`next_wait`] says. With
+/// Polls one account until its task is aborted: once at start, then as [`next_wait`] says. With
 /// `stale_after` set, the last good values are dropped once the last success is that old.
 ///
-/// `deps` is shared by every poller: an idle task holds a pointer to it, not its own copy.
-pub async fn run(account: Arc<AccountConfig>, deps: Arc<PollerDeps>, cancel: CancellationToken) {
+/// An idle poller is most of what an account costs at rest, so it holds little: `deps` is shared
+/// by every poller, and it waits on its timer alone (it is stopped by aborting its task, which
+/// drops a poll in flight just as a cancelled `select!` would).
+pub async fn run(account: Arc<AccountConfig>, deps: Arc<PollerDeps>) {
     let mut failures: u32 = 0;
     let mut last_success: Option<tokio::time::Instant> = None;
     let mut expired = false;
@@ -84,18 +85,12 @@ pub async fn run(account: Arc<AccountConfig>, deps: Arc<PollerDeps>, cancel: Can
         let wake = {
             // A slot among `max_concurrent_polls` first, then the poll: at start every account
             // is due at once, and a poll built before its turn would wait with its whole state.
-            let permit = tokio::select! {
-                _ = cancel.cancelled() => return,
-                p = deps.limit.acquire() => p.expect("semaphore never closed"),
-            };
+            let permit = deps.limit.acquire().await.expect("semaphore never closed");
             let began = tokio::time::Instant::now();
             // Boxed: the poll's state (the HTTP client's futures) is most of this task's size,
             // and a task spends nearly all its life asleep between polls. Inline, every idle
             // account held about 1.7 KB for it.
-            let outcome = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = Box::pin(poll_permitted(&account, &deps, permit)) => r,
-            };
+            let outcome = Box::pin(poll_permitted(&account, &deps, permit)).await;
             if outcome.is_ok() {
                 failures = 0;
                 last_success = Some(tokio::time::Instant::now());
@@ -121,10 +116,7 @@ pub async fn run(account: Arc<AccountConfig>, deps: Arc<PollerDeps>, cancel: Can
                 (Some(s), Some(t)) if !expired => Some(t + s).filter(|at| *at < wake),
                 _ => None,
             };
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(stale_at.unwrap_or(wake)) => {}
-            }
+            tokio::time::sleep_until(stale_at.unwrap_or(wake)).await;
             if stale_at.is_none() {
                 break;
             }
@@ -253,11 +245,7 @@ mod tests {
             writer: Writer::start(store),
         };
         let account = Arc::new(config.accounts[0].clone());
-        let task = run(
-            account.clone(),
-            Arc::new(deps.clone()),
-            CancellationToken::new(),
-        );
+        let task = run(account.clone(), Arc::new(deps.clone()));
         let inline = poll_once(&account, &deps);
         // Boxed, the task holds a pointer to the poll rather than the poll itself, also while it
         // waits for a slot among `max_concurrent_polls` (as every account does at start).
