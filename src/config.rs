@@ -222,6 +222,7 @@ impl Config {
             file: path.display().to_string(),
             problems: Vec::new(),
             warnings: Vec::new(),
+            labels: BTreeSet::new(),
         };
         let cfg = p.run(path, base_dir, env);
         match cfg {
@@ -329,9 +330,18 @@ impl<'de> Deserialize<'de> for HumanDuration {
 }
 
 impl HumanDuration {
-    fn window(&self) -> Window {
+    /// The window, its label taken from (or added to) `labels`.
+    fn window(&self, labels: &mut BTreeSet<Arc<str>>) -> Window {
+        let label = match labels.get(self.text.as_str()) {
+            Some(l) => l.clone(),
+            None => {
+                let l: Arc<str> = self.text.as_str().into();
+                labels.insert(l.clone());
+                l
+            }
+        };
         Window {
-            label: self.text.as_str().into(),
+            label,
             duration: self.duration,
         }
     }
@@ -344,6 +354,9 @@ pub(crate) struct Parser<'s> {
     file: String,
     problems: Vec<Problem>,
     warnings: Vec<Warning>,
+    /// Window labels handed out so far: accounts that name the same window (most inherit
+    /// `[defaults]`) share one label instead of holding a copy each.
+    labels: BTreeSet<Arc<str>>,
 }
 
 /// One step of a path into the TOML tree, used to find where an ignored key was written.
@@ -818,6 +831,11 @@ impl Parser<'_> {
             self.account(&name, message);
         }
 
+        let burn_windows = burn_windows
+            .iter()
+            .map(|w| w.window(&mut self.labels))
+            .collect();
+        let forecast_window = forecast_window.window(&mut self.labels);
         let account = AccountConfig {
             name: name.clone(),
             provider: settings,
@@ -827,8 +845,8 @@ impl Parser<'_> {
             billing_anchor,
             interval,
             timeout,
-            burn_windows: burn_windows.iter().map(HumanDuration::window).collect(),
-            forecast_window: forecast_window.window(),
+            burn_windows,
+            forecast_window,
             max_response_bytes: common
                 .max_response_bytes
                 .or(defaults.max_response_bytes)
@@ -1017,6 +1035,27 @@ billing_anchor = "2026-01-15"
         assert_eq!(a.forecast_window.duration, Duration::from_secs(86400));
         assert_eq!(a.key.as_ref().unwrap().expose(), "secret-value");
         assert_eq!(a.billing_anchor, NaiveDate::from_ymd_opt(2026, 1, 15));
+    }
+
+    #[test]
+    fn accounts_share_the_labels_of_the_windows_they_name() {
+        let src = format!(
+            "[defaults]\nburn_windows = [\"1h\", \"24h\"]\n{OK}\n[[account]]\nname = \"other\"\nprovider = \"imagerouter\"\napi_key_env = \"K\"\nburn_windows = [\"24h\", \"7d\"]\n"
+        );
+        let c = parse_with_env(&src, &[("K", "secret-value")]).unwrap();
+        let (a, b) = (&c.accounts[0], &c.accounts[1]);
+        let labels = |w: &[Window]| w.iter().map(|w| w.label.to_string()).collect::<Vec<_>>();
+        assert_eq!(labels(&a.burn_windows), ["1h", "24h"]);
+        assert_eq!(labels(&b.burn_windows), ["24h", "7d"]);
+        // One "24h" for both accounts' burn windows and both forecast windows.
+        let day = &a.burn_windows[1].label;
+        for l in [
+            &b.burn_windows[0].label,
+            &a.forecast_window.label,
+            &b.forecast_window.label,
+        ] {
+            assert!(Arc::ptr_eq(day, l));
+        }
     }
 
     #[test]
