@@ -5,8 +5,11 @@
 //! provider starts exporting (such as key expiry) works without touching this file.
 
 use super::config::RuleConfig;
+use crate::metrics::Exporter;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 /// Label names and values, sorted.
@@ -119,46 +122,142 @@ impl AlertName {
 
 // ---------------------------------------------------------------------------------------------
 
-type PoolKey = (String, String, String, String);
-type AccountKey = (String, String);
+/// A label value, shared by every series that carries it: an account's name is held once
+/// however many of its series an evaluation reads.
+type Sym = Arc<str>;
+type PoolKey = (Sym, Sym, Sym, Sym);
+type AccountKey = (Sym, Sym);
+type KeyKey = (Sym, Sym, Sym);
 
-/// One sample line of the text format: `name{k="v",...} value`, label values unescaped.
-pub(crate) fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
-    // The value is the last field and holds no space; label values may.
-    let (series, value) = line.rsplit_once(' ')?;
-    let value: f64 = value.parse().ok()?;
-    let Some(open) = series.find('{') else {
-        return Some((series, Labels::new(), value));
-    };
-    let name = &series[..open];
-    let mut labels = Labels::new();
-    let mut rest = series[open + 1..].strip_suffix('}')?;
+/// The units of the per-unit families (`creditwatch_remaining_credits`, `..._usd`).
+const UNITS: [&str; 2] = ["credits", "usd"];
+
+/// Calls `f` with each label name and unescaped value of `text` (what is between the braces of
+/// a sample line); `None` when it is malformed. A value is copied only when it holds an escape.
+fn each_label<'a>(mut rest: &'a str, mut f: impl FnMut(&'a str, Cow<'a, str>)) -> Option<()> {
     while !rest.is_empty() {
         let (key, after) = rest.split_once("=\"")?;
-        let mut v = String::new();
+        let mut unescaped: Option<String> = None;
         let mut chars = after.char_indices();
         let end = loop {
             match chars.next()? {
-                (_, '\\') => match chars.next()?.1 {
-                    'n' => v.push('\n'),
-                    c => v.push(c),
-                },
+                (i, '\\') => {
+                    let v = unescaped.get_or_insert_with(|| after[..i].to_string());
+                    match chars.next()?.1 {
+                        'n' => v.push('\n'),
+                        c => v.push(c),
+                    }
+                }
                 (i, '"') => break i,
-                (_, c) => v.push(c),
+                (_, c) => {
+                    if let Some(v) = unescaped.as_mut() {
+                        v.push(c);
+                    }
+                }
             }
         };
-        labels.insert(key.to_string(), v);
+        f(
+            key,
+            unescaped.map_or(Cow::Borrowed(&after[..end]), Cow::Owned),
+        );
         rest = after[end + 1..]
             .strip_prefix(',')
             .unwrap_or(&after[end + 1..]);
     }
+    Some(())
+}
+
+/// A sample line's family name, label text (between the braces; empty without them) and value.
+fn split_sample(line: &str) -> Option<(&str, &str, f64)> {
+    // The value is the last field and holds no space; label values may.
+    let (series, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    match series.find('{') {
+        None => Some((series, "", value)),
+        Some(open) => Some((
+            &series[..open],
+            series[open + 1..].strip_suffix('}')?,
+            value,
+        )),
+    }
+}
+
+/// One sample line of the text format: `name{k="v",...} value`, label values unescaped.
+#[cfg(test)]
+pub(crate) fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
+    let (name, text, value) = split_sample(line)?;
+    let mut labels = Labels::new();
+    each_label(text, |k, v| {
+        labels.insert(k.to_string(), v.into_owned());
+    })?;
     Some((name, labels, value))
 }
 
-/// The exporter's series, indexed for lookups by pool, account and key.
-#[derive(Debug, Default)]
+/// How the alerts read a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// By pool: provider, account, pool, key.
+    Pool,
+    /// By account: provider, account.
+    Account,
+    /// By account, each series with its `reason`.
+    Reasons,
+    /// By API key: provider, account, key.
+    Key,
+}
+
+/// The families the alerts read, and how. Every other family is skipped when an exposition is
+/// read: at 10,000 accounts the burn rates, totals and key counters alone are most of it.
+fn shape(name: &str) -> Option<Shape> {
+    match name {
+        "creditwatch_remaining_ratio"
+        | "creditwatch_exhausts_before_reset"
+        | "creditwatch_exhaustion_timestamp_seconds"
+        | "creditwatch_reset_timestamp_seconds"
+        | "creditwatch_period_start_timestamp_seconds" => Some(Shape::Pool),
+        "creditwatch_up"
+        | "creditwatch_last_success_timestamp_seconds"
+        | "creditwatch_account_info" => Some(Shape::Account),
+        "creditwatch_scrape_errors_total" => Some(Shape::Reasons),
+        "creditwatch_key_active" | "creditwatch_key_expiry_timestamp_seconds" => Some(Shape::Key),
+        _ => {
+            let unit = [
+                "creditwatch_remaining_",
+                "creditwatch_limit_",
+                "creditwatch_projected_remaining_at_reset_",
+            ]
+            .iter()
+            .find_map(|p| name.strip_prefix(p))?;
+            UNITS.contains(&unit).then_some(Shape::Pool)
+        }
+    }
+}
+
+/// The exporter's series that the alerts read, indexed as they are looked up: by pool, by
+/// account and by key. A label a series lacks reads as empty, as in PromQL.
+#[derive(Debug, Default, PartialEq)]
 pub struct Samples {
-    by_name: HashMap<String, Vec<(Labels, f64)>>,
+    /// Every label value kept, once each.
+    symbols: HashSet<Sym>,
+    pools: HashMap<String, HashMap<PoolKey, f64>>,
+    accounts: HashMap<String, HashMap<AccountKey, f64>>,
+    /// Each account's series with their `reason`, in exposition order.
+    reasons: HashMap<String, HashMap<AccountKey, Vec<(Sym, f64)>>>,
+    /// In exposition order.
+    keys: HashMap<String, Vec<(KeyKey, f64)>>,
+}
+
+/// What a family without series reads as.
+static NO_POOLS: LazyLock<HashMap<PoolKey, f64>> = LazyLock::new(HashMap::new);
+static NO_ACCOUNTS: LazyLock<HashMap<AccountKey, f64>> = LazyLock::new(HashMap::new);
+
+fn intern(symbols: &mut HashSet<Sym>, v: &str) -> Sym {
+    if let Some(s) = symbols.get(v) {
+        return s.clone();
+    }
+    let s: Sym = v.into();
+    symbols.insert(s.clone());
+    s
 }
 
 fn get(l: &Labels, k: &str) -> String {
@@ -170,76 +269,158 @@ impl Samples {
     /// Comment lines are skipped; a line that does not parse is skipped too (the exporter never
     /// writes one).
     pub fn from_exposition(text: &str) -> Samples {
-        let mut by_name: HashMap<String, Vec<(Labels, f64)>> = HashMap::new();
+        let mut s = Samples::default();
         for line in text.lines() {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
+            s.add_line(line);
+        }
+        s
+    }
+
+    /// Reads the exporter's series as it writes them, chunk by chunk: neither the whole
+    /// exposition (40 MiB at 10,000 accounts) nor the families no alert reads are ever held.
+    pub fn from_exporter(exporter: &Exporter) -> Samples {
+        let mut s = Samples::default();
+        // What follows the last line end seen. Each chunk is whole UTF-8 text and, as written,
+        // ends at a line end; only the first is relied on.
+        let mut carry = String::new();
+        exporter.stream(|chunk| {
+            carry.push_str(&String::from_utf8_lossy(&chunk));
+            let cut = carry.rfind('\n').map_or(0, |i| i + 1);
+            for line in carry[..cut].lines() {
+                s.add_line(line);
             }
-            if let Some((name, labels, value)) = parse_sample(line) {
-                by_name
-                    .entry(name.to_string())
+            carry.drain(..cut);
+            true
+        });
+        for line in carry.lines() {
+            s.add_line(line);
+        }
+        s
+    }
+
+    fn add_line(&mut self, line: &str) {
+        if line.is_empty() || line.starts_with('#') {
+            return;
+        }
+        let Some((name, text, value)) = split_sample(line) else {
+            return;
+        };
+        let Some(shape) = shape(name) else { return };
+        let empty = intern(&mut self.symbols, "");
+        let [mut provider, mut account, mut pool, mut key, mut reason] =
+            std::array::from_fn(|_| empty.clone());
+        let symbols = &mut self.symbols;
+        let parsed = each_label(text, |k, v| {
+            let slot = match k {
+                "provider" => &mut provider,
+                "account" => &mut account,
+                "pool" => &mut pool,
+                "key" => &mut key,
+                "reason" => &mut reason,
+                _ => return,
+            };
+            *slot = intern(symbols, &v);
+        });
+        if parsed.is_none() {
+            return;
+        }
+        let name = name.to_string();
+        match shape {
+            Shape::Pool => {
+                let m = self.pools.entry(name).or_default();
+                m.insert((provider, account, pool, key), value);
+            }
+            Shape::Account => {
+                let m = self.accounts.entry(name).or_default();
+                m.insert((provider, account), value);
+            }
+            Shape::Reasons => {
+                let m = self.reasons.entry(name).or_default();
+                m.entry((provider, account))
                     .or_default()
-                    .push((labels, value));
+                    .push((reason, value));
+            }
+            Shape::Key => {
+                let v = self.keys.entry(name).or_default();
+                v.push(((provider, account, key), value));
             }
         }
-        Samples { by_name }
     }
 
-    /// Adds one series (for tests).
+    /// Adds one series (for tests). As when reading an exposition, a series of a family no
+    /// alert reads is dropped.
     pub fn push(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.by_name.entry(name.to_string()).or_default().push((
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            value,
-        ));
+        let mut line = name.to_string();
+        if !labels.is_empty() {
+            line.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    line.push(',');
+                }
+                line.push_str(k);
+                line.push_str("=\"");
+                for c in v.chars() {
+                    match c {
+                        '\\' => line.push_str("\\\\"),
+                        '\n' => line.push_str("\\n"),
+                        '"' => line.push_str("\\\""),
+                        c => line.push(c),
+                    }
+                }
+                line.push('"');
+            }
+            line.push('}');
+        }
+        line.push_str(&format!(" {value}"));
+        self.add_line(&line);
     }
 
-    fn series(&self, name: &str) -> &[(Labels, f64)] {
-        self.by_name.get(name).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    fn by_pool(&self, name: &str) -> HashMap<PoolKey, f64> {
-        self.series(name)
-            .iter()
-            .map(|(l, v)| {
-                (
-                    (
-                        get(l, "provider"),
-                        get(l, "account"),
-                        get(l, "pool"),
-                        get(l, "key"),
-                    ),
-                    *v,
-                )
-            })
-            .collect()
+    fn by_pool(&self, name: &str) -> &HashMap<PoolKey, f64> {
+        debug_assert_eq!(shape(name), Some(Shape::Pool), "{name}");
+        self.pools.get(name).unwrap_or(&NO_POOLS)
     }
 
     /// A per-unit family (`creditwatch_remaining_credits`, `..._usd`) by pool, with the unit.
     fn by_pool_unit(&self, prefix: &str) -> HashMap<PoolKey, (f64, &'static str)> {
         let mut out = HashMap::new();
-        for unit in ["credits", "usd"] {
+        for unit in UNITS {
             for (k, v) in self.by_pool(&format!("{prefix}{unit}")) {
-                out.insert(k, (v, unit));
+                out.insert(k.clone(), (*v, unit));
             }
         }
         out
     }
 
-    fn by_account(&self, name: &str) -> HashMap<AccountKey, f64> {
-        self.series(name)
-            .iter()
-            .map(|(l, v)| ((get(l, "provider"), get(l, "account")), *v))
-            .collect()
+    fn by_account(&self, name: &str) -> &HashMap<AccountKey, f64> {
+        debug_assert_eq!(shape(name), Some(Shape::Account), "{name}");
+        self.accounts.get(name).unwrap_or(&NO_ACCOUNTS)
     }
 
     fn accounts_in(&self, name: &str) -> BTreeSet<AccountKey> {
-        self.series(name)
-            .iter()
-            .map(|(l, _)| (get(l, "provider"), get(l, "account")))
-            .collect()
+        match shape(name) {
+            Some(Shape::Reasons) => self
+                .reasons
+                .get(name)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default(),
+            _ => self.by_account(name).keys().cloned().collect(),
+        }
+    }
+
+    /// One account's series of a family with a `reason` label: `(reason, value)`.
+    fn reasons(&self, name: &str, account: &AccountKey) -> &[(Sym, f64)] {
+        debug_assert_eq!(shape(name), Some(Shape::Reasons), "{name}");
+        self.reasons
+            .get(name)
+            .and_then(|m| m.get(account))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// A family by API key, in exposition order.
+    fn by_key(&self, name: &str) -> &[(KeyKey, f64)] {
+        debug_assert_eq!(shape(name), Some(Shape::Key), "{name}");
+        self.keys.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
 }
 
@@ -266,7 +447,10 @@ pub struct Evaluation {
 impl Evaluation {
     /// Whether an existing alert with these labels must keep its state this round.
     pub fn is_held(&self, alert: AlertName, labels: &Labels) -> bool {
-        let key = (get(labels, "provider"), get(labels, "account"));
+        let key: AccountKey = (
+            get(labels, "provider").into(),
+            get(labels, "account").into(),
+        );
         if alert.account_level() {
             self.held_accounts.contains(&key)
         } else {
@@ -357,11 +541,11 @@ fn pool_labels(alert: AlertName, p: &PoolKey) -> Labels {
     let mut l = Labels::new();
     l.insert("alertname".into(), alert.as_str().into());
     l.insert("severity".into(), alert.severity().into());
-    l.insert("provider".into(), p.0.clone());
-    l.insert("account".into(), p.1.clone());
-    l.insert("pool".into(), p.2.clone());
+    l.insert("provider".into(), p.0.to_string());
+    l.insert("account".into(), p.1.to_string());
+    l.insert("pool".into(), p.2.to_string());
     if !p.3.is_empty() {
-        l.insert("key".into(), p.3.clone());
+        l.insert("key".into(), p.3.to_string());
     }
     l
 }
@@ -429,7 +613,7 @@ pub fn evaluate(
     if let Some(rule) = enabled(AlertName::CreditsExhaustionBeforeReset) {
         let a = AlertName::CreditsExhaustionBeforeReset;
         let below = rule.ratio_below.unwrap_or(0.5);
-        for (p, v) in sorted(&exhausts) {
+        for (p, v) in sorted(exhausts) {
             let level = ratio.get(&p).is_none_or(|r| *r < below);
             if v != 1.0 || !level || just_reset(&p) || stale(&p) {
                 continue;
@@ -480,7 +664,7 @@ pub fn evaluate(
             .within
             .unwrap_or(Duration::from_secs(86400))
             .as_secs_f64();
-        for (p, t) in sorted(&exhaustion) {
+        for (p, t) in sorted(exhaustion) {
             let left = t - now;
             let has_credits = remaining.get(&p).is_some_and(|(r, _)| *r > 0.0);
             let refill_first = reset.get(&p).is_some_and(|r| *r < t);
@@ -518,7 +702,7 @@ pub fn evaluate(
     if let Some(rule) = enabled(AlertName::CreditsLow) {
         let a = AlertName::CreditsLow;
         let below = rule.ratio_below.unwrap_or(0.1);
-        for (p, r) in sorted(&ratio) {
+        for (p, r) in sorted(ratio) {
             if r >= below {
                 continue;
             }
@@ -579,13 +763,12 @@ pub fn evaluate(
             if *v != 0.0 {
                 continue;
             }
+            let key = (provider.clone(), account.clone());
             let mut reasons: Vec<String> = s
-                .series("creditwatch_scrape_errors_total")
+                .reasons("creditwatch_scrape_errors_total", &key)
                 .iter()
-                .filter(|(l, v)| {
-                    get(l, "provider") == *provider && get(l, "account") == *account && *v > 0.0
-                })
-                .map(|(l, v)| format!("{} {}", get(l, "reason"), humanize(*v)))
+                .filter(|(_, v)| *v > 0.0)
+                .map(|(reason, v)| format!("{reason} {}", humanize(*v)))
                 .collect();
             reasons.sort();
             let mut d = format!(
@@ -599,7 +782,7 @@ pub fn evaluate(
                 ));
             }
             let last = last_success
-                .get(&(provider.clone(), account.clone()))
+                .get(&key)
                 .map(|t| timestamp(*t))
                 .unwrap_or_else(|| "never".into());
             d.push_str(&format!(
@@ -608,8 +791,8 @@ pub fn evaluate(
             let labels = Labels::from([
                 ("alertname".to_string(), a.as_str().to_string()),
                 ("severity".to_string(), a.severity().to_string()),
-                ("provider".to_string(), provider.clone()),
-                ("account".to_string(), account.clone()),
+                ("provider".to_string(), provider.to_string()),
+                ("account".to_string(), account.to_string()),
             ]);
             ev.candidates.push(Candidate {
                 alert: a,
@@ -630,25 +813,24 @@ pub fn evaluate(
             .within
             .unwrap_or(Duration::from_secs(7 * 86400))
             .as_secs_f64();
-        let key3 = |l: &Labels| (get(l, "provider"), get(l, "account"), get(l, "key"));
-        let inactive: BTreeSet<_> = s
-            .series("creditwatch_key_active")
+        let inactive: BTreeSet<&KeyKey> = s
+            .by_key("creditwatch_key_active")
             .iter()
             .filter(|(_, v)| *v == 0.0)
-            .map(|(l, _)| key3(l))
+            .map(|(k, _)| k)
             .collect();
-        let mut keys: Vec<_> = s
-            .series("creditwatch_key_expiry_timestamp_seconds")
+        let mut keys: Vec<(&KeyKey, f64)> = s
+            .by_key("creditwatch_key_expiry_timestamp_seconds")
             .iter()
-            .map(|(l, v)| (key3(l), *v))
+            .map(|(k, v)| (k, *v))
             .collect();
-        keys.sort_by(|x, y| x.0.cmp(&y.0));
+        keys.sort_by(|x, y| x.0.cmp(y.0));
         for (k, t) in keys {
             let left = t - now;
-            if left >= within || inactive.contains(&k) {
+            if left >= within || inactive.contains(k) {
                 continue;
             }
-            let (provider, account, key) = &k;
+            let (provider, account, key) = k;
             let when = if left > 0.0 {
                 format!("expires in {}", duration(left))
             } else {
@@ -661,9 +843,9 @@ pub fn evaluate(
             let labels = Labels::from([
                 ("alertname".to_string(), a.as_str().to_string()),
                 ("severity".to_string(), a.severity().to_string()),
-                ("provider".to_string(), provider.clone()),
-                ("account".to_string(), account.clone()),
-                ("key".to_string(), key.clone()),
+                ("provider".to_string(), provider.to_string()),
+                ("account".to_string(), account.to_string()),
+                ("key".to_string(), key.to_string()),
             ]);
             ev.candidates.push(Candidate {
                 alert: a,
@@ -715,6 +897,145 @@ mod tests {
     fn push(s: &mut Samples, name: &str, labels: &[(&'static str, String)], v: f64) {
         let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
         s.push(name, &l, v);
+    }
+
+    /// A state of `n` accounts, each with a pool whose forecast has burn rates, a key with an
+    /// expiry, and failed polls.
+    fn state(n: usize) -> Arc<crate::state::State> {
+        use crate::forecast::Forecast;
+        use crate::forecast::consumption::ConsumptionRule;
+        use crate::forecast::schedule::Schedule;
+        use crate::providers::{KeyInfo, PoolReading, Unit};
+        use crate::state::{PoolState, Snapshot, State};
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let state = State::new();
+        for i in 0..n {
+            let name = format!("acct \"{i}\"");
+            state.add_account(&name, "imagerouter", false);
+            let pool = PoolState {
+                reading: PoolReading {
+                    pool: "key_spend".into(),
+                    key: format!("key\\{i}"),
+                    unit: Unit::Usd,
+                    used: Some(1.0),
+                    remaining: Some(i as f64 / 4.0),
+                    limit: Some(10.0),
+                    available: Some(true),
+                    schedule: Schedule::Never,
+                    rule: ConsumptionRule::Used,
+                    cumulative: None,
+                },
+                consumed_total: 3.0,
+                period: None,
+                forecast: Forecast {
+                    burn: vec![("1h".into(), 0.5), ("24h".into(), 0.25)],
+                    exhaustion: Some(1_800_000_000.0 + i as f64),
+                    ..Forecast::default()
+                },
+            };
+            let key = KeyInfo {
+                key: format!("key\\{i}"),
+                active: i % 2 == 0,
+                expires_at: Some(at),
+                requests: 7.0,
+                spent_usd: Some(1.5),
+            };
+            state.record_success(
+                &name,
+                0.1,
+                Snapshot {
+                    at,
+                    plan: None,
+                    pools: vec![pool],
+                    keys: vec![key],
+                    endpoints: Vec::new(),
+                },
+            );
+            if i % 3 == 0 {
+                state.record_failure(&name, 0.1, "http", "HTTP 503".into());
+            }
+        }
+        state
+    }
+
+    #[test]
+    fn the_exporter_read_in_chunks_gives_the_series_of_its_text() {
+        let exporter = Exporter::new(state(2000));
+        let mut chunks = 0;
+        exporter.stream(|_| {
+            chunks += 1;
+            true
+        });
+        assert!(chunks > 3, "{chunks} chunks");
+        let streamed = Samples::from_exporter(&exporter);
+        let text = exporter.render();
+        assert_eq!(streamed, Samples::from_exposition(&text));
+        // Escaped label values read back as written.
+        let key: AccountKey = ("imagerouter".into(), "acct \"3\"".into());
+        assert_eq!(
+            streamed.reasons("creditwatch_scrape_errors_total", &key),
+            [
+                ("auth".into(), 0.0),
+                ("connect".into(), 0.0),
+                ("http".into(), 1.0),
+                ("parse".into(), 0.0),
+                ("rate_limited".into(), 0.0),
+                ("timeout".into(), 0.0)
+            ]
+        );
+        let pool: PoolKey = (
+            "imagerouter".into(),
+            "acct \"3\"".into(),
+            "key_spend".into(),
+            "key\\3".into(),
+        );
+        assert_eq!(streamed.by_pool("creditwatch_remaining_usd")[&pool], 0.75);
+        assert_eq!(
+            streamed.by_pool("creditwatch_remaining_ratio")[&pool],
+            0.075
+        );
+        assert_eq!(streamed.by_key("creditwatch_key_active").len(), 2000);
+    }
+
+    #[test]
+    fn only_the_families_the_alerts_read_are_kept_and_label_values_are_shared() {
+        let s = Samples::from_exporter(&Exporter::new(state(3)));
+        let mut kept: Vec<&str> = s
+            .pools
+            .keys()
+            .chain(s.accounts.keys())
+            .chain(s.reasons.keys())
+            .chain(s.keys.keys())
+            .map(String::as_str)
+            .collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            [
+                "creditwatch_account_info",
+                "creditwatch_exhaustion_timestamp_seconds",
+                "creditwatch_key_active",
+                "creditwatch_key_expiry_timestamp_seconds",
+                "creditwatch_last_success_timestamp_seconds",
+                "creditwatch_limit_usd",
+                "creditwatch_remaining_ratio",
+                "creditwatch_remaining_usd",
+                "creditwatch_scrape_errors_total",
+                "creditwatch_up",
+            ]
+        );
+        // One copy of each account's name, whichever family it is read from.
+        let (up, _) = s
+            .by_account("creditwatch_up")
+            .iter()
+            .find(|((_, a), _)| &**a == "acct \"1\"")
+            .unwrap();
+        let (pool, _) = s
+            .by_pool("creditwatch_remaining_usd")
+            .iter()
+            .find(|((_, a, _, _), _)| &**a == "acct \"1\"")
+            .unwrap();
+        assert!(Arc::ptr_eq(&up.1, &pool.1));
     }
 
     /// The first scenario of alerts/tests/creditwatch.rules.test.yml, evaluated at 4200s: only
