@@ -173,13 +173,6 @@ pub fn render(
             .then_with(|| a.pool.reading.key.cmp(&b.pool.reading.key))
     });
 
-    let mut body = String::new();
-    if cards.is_empty() {
-        body.push_str("<p class=\"empty\">No pool has been read yet: waiting for the first successful poll.</p>\n");
-    }
-    for c in &cards {
-        card(&mut body, c, now);
-    }
     let (refresh_meta, refresh_note) = match refresh {
         Some(n) => (
             format!("<meta http-equiv=\"refresh\" content=\"{n}\">\n"),
@@ -188,7 +181,9 @@ pub fn render(
         None => (String::new(), "auto-refresh off".to_string()),
     };
     let down = accounts.iter().filter(|a| a.attempts > 0 && !a.up).count();
-    format!(
+    // One buffer for the whole page, cards written into it: at 10,000 accounts the cards alone
+    // are about 50 MB, and a page assembled from parts held them twice.
+    let mut out = format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -201,11 +196,6 @@ pub fn render(
 </header>
 <main>
 <section class="cards">
-{body}</section>
-<h2>Accounts</h2>
-{table}</main>
-<footer>creditwatch {version}. Dates are UTC. Charts: remaining over the forecast window (left of the “now” line), then projected at the forecast burn to the next reset (dashed).</footer>
-</body></html>
 "#,
         pools = cards.len(),
         accts = accounts.len(),
@@ -215,9 +205,25 @@ pub fn render(
             String::new()
         },
         now = esc(&fmt_time(now)),
+    );
+    if cards.is_empty() {
+        out.push_str("<p class=\"empty\">No pool has been read yet: waiting for the first successful poll.</p>\n");
+    }
+    for c in &cards {
+        card(&mut out, c, now);
+    }
+    let _ = write!(
+        out,
+        r#"</section>
+<h2>Accounts</h2>
+{table}</main>
+<footer>creditwatch {version}. Dates are UTC. Charts: remaining over the forecast window (left of the “now” line), then projected at the forecast burn to the next reset (dashed).</footer>
+</body></html>
+"#,
         table = accounts_table(accounts),
         version = esc(version),
-    )
+    );
+    out
 }
 
 fn card(out: &mut String, c: &Card<'_>, now: DateTime<Utc>) {
