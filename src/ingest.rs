@@ -189,7 +189,9 @@ impl Cursor {
     fn new(window_ms: i64) -> Cursor {
         Cursor {
             window_ms,
-            run: VecDeque::new(),
+            // A run never holds more than this (see `push`); grown one sample at a time it
+            // would double to 16, about 1.7 KB more per pool with three windows.
+            run: VecDeque::with_capacity(CURSOR_SAMPLES + 1),
             from_oldest: false,
             to_newest: false,
         }
@@ -541,6 +543,28 @@ fn window_points(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cursor's run is allocated once, at its largest: filling and pushing never grow it.
+    #[test]
+    fn a_cursor_never_grows_its_run() {
+        let mut c = Cursor::new(60_000);
+        let cap = c.run.capacity();
+        assert!(
+            cap >= CURSOR_SAMPLES + 1 && cap < 2 * CURSOR_SAMPLES,
+            "{cap}"
+        );
+        let run: Vec<(i64, f64)> = (0..CURSOR_SAMPLES as i64).map(|i| (i, 0.0)).collect();
+        c.fill((Some((-1, 0.0)), run));
+        for ts in 100..200 {
+            c.push(ts, 1.0);
+            assert!(c.run.len() <= CURSOR_SAMPLES + 1);
+        }
+        c.fill((None, vec![(1, 0.0); 3]));
+        for ts in 100..200 {
+            c.push(ts, 1.0);
+        }
+        assert_eq!(c.run.capacity(), cap);
+    }
     use crate::config::Config;
     use crate::providers::{ProviderSettings, floow, fluximage, imagerouter};
     use chrono::{Duration as Span, NaiveDate, TimeZone};
