@@ -550,7 +550,7 @@ mod tests {
         let mut c = Cursor::new(60_000);
         let cap = c.run.capacity();
         assert!(
-            cap >= CURSOR_SAMPLES + 1 && cap < 2 * CURSOR_SAMPLES,
+            (CURSOR_SAMPLES + 1..2 * CURSOR_SAMPLES).contains(&cap),
             "{cap}"
         );
         let run: Vec<(i64, f64)> = (0..CURSOR_SAMPLES as i64).map(|i| (i, 0.0)).collect();
