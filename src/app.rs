@@ -379,6 +379,11 @@ impl Supervisor {
             self.deps
                 .state
                 .add_account(&account.name, account.provider.name(), gate_readiness);
+            // What its first poll reads from the store is read while that poll waits on its
+            // upstream.
+            self.deps
+                .writer
+                .warm(vec![account.clone()], self.deps.clock.now());
         }
         self.deps.state.set_schedule(
             &account.name,
