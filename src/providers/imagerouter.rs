@@ -28,7 +28,8 @@ use crate::forecast::schedule::{Every, Schedule};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Where the API lives unless `base_url` says otherwise.
 pub const DEFAULT_BASE_URL: &str = "https://api.imagerouter.io";
@@ -106,26 +107,40 @@ pub fn error_detail(body: &[u8]) -> Option<String> {
     })
 }
 
+// Strings are borrowed from the body unless they hold escapes: a 10,000-key body otherwise
+// costs some 80,000 small allocations, most of its parse.
 #[derive(Deserialize)]
-struct Credits {
-    remaining_credits: String,
-    credit_usage: String,
-    total_deposits: String,
-    usage_by_api_key: Option<Vec<KeyUsage>>,
+struct Credits<'a> {
+    #[serde(borrow)]
+    remaining_credits: Cow<'a, str>,
+    #[serde(borrow)]
+    credit_usage: Cow<'a, str>,
+    #[serde(borrow)]
+    total_deposits: Cow<'a, str>,
+    #[serde(borrow)]
+    usage_by_api_key: Option<Vec<KeyUsage<'a>>>,
 }
 
 #[derive(Deserialize)]
-struct KeyUsage {
-    api_key_id: String,
-    api_key_name: Option<String>,
-    credit_usage: String,
+struct KeyUsage<'a> {
+    #[serde(borrow)]
+    api_key_id: Cow<'a, str>,
+    #[serde(borrow)]
+    api_key_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    credit_usage: Cow<'a, str>,
     total_requests: u64,
     is_active: bool,
-    spend_limit: Option<String>,
-    spend_limit_period: Option<String>,
-    period_spend: Option<String>,
-    period_start: Option<String>,
-    expires_at: Option<String>,
+    #[serde(borrow)]
+    spend_limit: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    spend_limit_period: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    period_spend: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    period_start: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    expires_at: Option<Cow<'a, str>>,
 }
 
 fn timestamp(field: impl std::fmt::Display, s: &str) -> Result<DateTime<Utc>, PollError> {
@@ -157,7 +172,9 @@ pub fn parse(body: &[u8], now: DateTime<Utc>, per_key: bool) -> Result<Reading, 
     let remaining = parse_decimal("remaining_credits", &c.remaining_credits)?;
     let used = parse_decimal("credit_usage", &c.credit_usage)?;
     let deposits = parse_decimal("total_deposits", &c.total_deposits)?;
-    let mut pools = vec![PoolReading {
+    let n = c.usage_by_api_key.as_ref().map_or(0, Vec::len);
+    let mut pools = Vec::with_capacity(1 + n);
+    pools.push(PoolReading {
         pool: "balance".into(),
         key: String::new(),
         unit: Unit::Usd,
@@ -168,8 +185,8 @@ pub fn parse(body: &[u8], now: DateTime<Utc>, per_key: bool) -> Result<Reading, 
         schedule: Schedule::Never,
         rule: ConsumptionRule::Used,
         cumulative: None,
-    }];
-    let mut keys = Vec::new();
+    });
+    let mut keys = Vec::with_capacity(n);
     if per_key {
         let list = c.usage_by_api_key.ok_or_else(|| {
             PollError::parse(
@@ -277,20 +294,21 @@ fn key_pool(
 /// Label-safe, unique key names: the key's name, or its id when the name is blank; duplicates
 /// get a suffix derived from their ids only, so the result does not depend on the list's order.
 fn unique_names(keys: &[KeyUsage]) -> Vec<String> {
-    let base: Vec<String> = keys
+    let base: Vec<&str> = keys
         .iter()
         .map(|k| {
             let n = k.api_key_name.as_deref().unwrap_or("").trim();
-            if n.is_empty() {
-                k.api_key_id.clone()
-            } else {
-                n.to_string()
-            }
+            if n.is_empty() { &k.api_key_id } else { n }
         })
         .collect();
+    // Names are nearly always unique already: then they are the answer.
+    let mut seen = HashSet::with_capacity(base.len());
+    if base.iter().all(|b| seen.insert(*b)) {
+        return base.into_iter().map(str::to_string).collect();
+    }
     let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, b) in base.iter().enumerate() {
-        groups.entry(b.as_str()).or_default().push(i);
+        groups.entry(b).or_default().push(i);
     }
     let mut out: Vec<Option<String>> = vec![None; keys.len()];
     let mut taken: BTreeSet<String> = groups
@@ -310,7 +328,7 @@ fn unique_names(keys: &[KeyUsage]) -> Vec<String> {
             let id = if use_short {
                 short(i)
             } else {
-                keys[i].api_key_id.clone()
+                keys[i].api_key_id.to_string()
             };
             let mut cand = format!("{b} ({id})");
             // Only a pathological list (repeated ids) gets here; number the repeats.

@@ -389,7 +389,19 @@ fn is_plain_decimal(s: &str) -> bool {
 /// The f64 nearest to a decimal (through its shortest text form, which Rust parses correctly
 /// rounded), so "4.2000" exports exactly as 4.2 does.
 pub fn decimal_to_f64(d: Decimal) -> f64 {
-    // Through the decimal's text, which parses correctly rounded; written on the stack, since
+    // Exact in both: one correctly rounded division gives the nearest f64 (the fast path of
+    // decimal-to-binary conversion). Amounts nearly always get here.
+    const EXACT: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    let m = d.mantissa();
+    if m.unsigned_abs() < 1 << 53
+        && let Some(p) = EXACT.get(d.scale() as usize)
+    {
+        return m as f64 / p;
+    }
+    // Otherwise through the decimal's text, which parses correctly rounded; written on the stack, since
     // a 10,000-key body has tens of thousands of amounts.
     struct Buf([u8; 64], usize);
     impl std::fmt::Write for Buf {
@@ -420,7 +432,7 @@ pub fn decimal_to_f64(d: Decimal) -> f64 {
 ///
 /// Deeply nested JSON cannot exhaust the stack: fields the target type does not use are skipped
 /// without recursion, and serde_json refuses more than 128 levels where it does recurse.
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, PollError> {
+pub fn parse_json<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T, PollError> {
     // Tracking the path costs as much as the parse itself: only a body that fails is parsed
     // again to name the field.
     if let Ok(v) = serde_json::from_slice(body) {
@@ -604,6 +616,33 @@ mod tests {
             "79228162514264337593543950335",
         ] {
             let d = Decimal::from_str_exact(text).unwrap();
+            assert_eq!(decimal_to_f64(d), text.parse::<f64>().unwrap(), "{text}");
+        }
+        // Either side of the division's limits (2^53, 10^22), and many in between.
+        let mut seed: u64 = 11;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed
+        };
+        let edges = [
+            0,
+            1,
+            9_007_199_254_740_991,
+            9_007_199_254_740_992,
+            u64::MAX >> 1,
+        ];
+        for i in 0..200_000u64 {
+            let r = next();
+            let m = match edges.get(i as usize % 50) {
+                Some(&e) => e as i64,
+                None => (r >> (r % 40)) as i64 >> 1,
+            };
+            let m = if next() % 2 == 0 { m } else { -m };
+            let scale = (next() % 29) as u32;
+            let d = Decimal::new(m, scale);
+            let text = d.to_string();
             assert_eq!(decimal_to_f64(d), text.parse::<f64>().unwrap(), "{text}");
         }
     }
