@@ -371,8 +371,7 @@ pub fn parse_decimal(field: impl std::fmt::Display, s: &str) -> Result<Decimal, 
         return Err(bad("not a decimal number"));
     }
     let d = Decimal::from_str_exact(s).map_err(|_| bad("out of range"))?;
-    // A plain decimal's text parses (correctly rounded) to the same f64 as the decimal's.
-    checked_amount(&field, s.parse().map_err(|_| bad("not a decimal number"))?)?;
+    checked_amount(&field, decimal_to_f64(d))?;
     Ok(d)
 }
 
@@ -472,6 +471,23 @@ pub fn label_value(s: &str) -> String {
     cleaned.trim().chars().take(MAX_LABEL_CHARS).collect()
 }
 
+/// [`label_value`] in place, copying only when something changes: nearly every value from an
+/// upstream is clean already, and a reading may hold tens of thousands.
+fn clean_label(s: &mut String) {
+    let clean =
+        s.len() <= MAX_LABEL_CHARS && !s.chars().any(char::is_control) && s.trim().len() == s.len();
+    if !clean {
+        *s = label_value(s);
+    }
+}
+
+/// Whether no `(scope, value)` pair repeats. Pairs nearly always are distinct, and then
+/// [`unique`] would change nothing: checked without copying any.
+fn distinct<'a>(mut pairs: impl Iterator<Item = (&'a str, &'a str)>) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(pairs.size_hint().0);
+    pairs.all(|p| seen.insert(p))
+}
+
 /// A plausible amount: finite and within [`MAX_AMOUNT`].
 fn plausible(v: f64) -> bool {
     v.is_finite() && v.abs() <= MAX_AMOUNT
@@ -524,7 +540,6 @@ impl Reading {
             PollError::parse(format!("{what}: {field} is not a plausible amount ({v:e})"))
         };
         self.plan = self.plan.as_deref().map(label_value);
-        let mut seen = std::collections::HashSet::new();
         for p in &mut self.pools {
             // Named only when something is wrong: a reading may hold thousands of pools.
             let what = || {
@@ -550,10 +565,15 @@ impl Reading {
                     return Err(bad(what(), field, v));
                 }
             }
-            p.pool = label_value(&p.pool);
-            p.key = unique(&mut seen, &p.pool, label_value(&p.key));
+            clean_label(&mut p.pool);
+            clean_label(&mut p.key);
         }
-        let mut seen = std::collections::HashSet::new();
+        if !distinct(self.pools.iter().map(|p| (p.pool.as_str(), p.key.as_str()))) {
+            let mut seen = std::collections::HashSet::new();
+            for p in &mut self.pools {
+                p.key = unique(&mut seen, &p.pool, std::mem::take(&mut p.key));
+            }
+        }
         for k in &mut self.keys {
             let what = || format!("key `{}`", label_value(&k.key));
             for (field, v) in [("requests", Some(k.requests)), ("spent", k.spent_usd)] {
@@ -563,9 +583,14 @@ impl Reading {
                     return Err(bad(what(), field, v));
                 }
             }
-            k.key = unique(&mut seen, "", label_value(&k.key));
+            clean_label(&mut k.key);
         }
-        let mut seen = std::collections::HashSet::new();
+        if !distinct(self.keys.iter().map(|k| ("", k.key.as_str()))) {
+            let mut seen = std::collections::HashSet::new();
+            for k in &mut self.keys {
+                k.key = unique(&mut seen, "", std::mem::take(&mut k.key));
+            }
+        }
         for e in &mut self.endpoints {
             let what = || format!("endpoint `{}`", label_value(&e.endpoint));
             for (field, v) in [("calls", e.calls), ("credits", e.credits)] {
@@ -573,8 +598,18 @@ impl Reading {
                     return Err(bad(what(), field, v));
                 }
             }
-            e.endpoint = label_value(&e.endpoint);
-            e.label = unique(&mut seen, &e.endpoint, label_value(&e.label));
+            clean_label(&mut e.endpoint);
+            clean_label(&mut e.label);
+        }
+        if !distinct(
+            self.endpoints
+                .iter()
+                .map(|e| (e.endpoint.as_str(), e.label.as_str())),
+        ) {
+            let mut seen = std::collections::HashSet::new();
+            for e in &mut self.endpoints {
+                e.label = unique(&mut seen, &e.endpoint, std::mem::take(&mut e.label));
+            }
         }
         for h in &self.history {
             for s in &h.samples {
@@ -660,6 +695,52 @@ mod tests {
             rule: ConsumptionRule::Used,
             cumulative: None,
         }
+    }
+
+    #[test]
+    fn cleaning_in_place_gives_label_value() {
+        let x = |n| "x".repeat(n);
+        for text in [
+            String::new(),
+            " ".into(),
+            "abc".into(),
+            " abc".into(),
+            "abc\t".into(),
+            "a\u{7}b".into(),
+            "\u{85}a".into(),
+            x(128),
+            x(129),
+            x(127) + " ",
+            "é".repeat(64),
+            "é".repeat(65),
+            "é".repeat(200),
+        ] {
+            let mut cleaned = text.clone();
+            clean_label(&mut cleaned);
+            assert_eq!(cleaned, label_value(&text), "{text:?}");
+        }
+        // The same key in two pools is no repeat; cleaning that makes two values equal is.
+        let mut other = pool("k", 1.0);
+        other.pool = "other".into();
+        let r = Reading {
+            pools: vec![pool("k", 1.0), other, pool("k ", 1.0)],
+            keys: ["k", "k\n", "j"]
+                .map(|k| KeyInfo {
+                    key: k.into(),
+                    active: true,
+                    expires_at: None,
+                    requests: 0.0,
+                    spent_usd: None,
+                })
+                .into(),
+            ..Default::default()
+        }
+        .checked()
+        .unwrap();
+        let pools: Vec<&str> = r.pools.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(pools, ["k", "k", "k #2"]);
+        let keys: Vec<&str> = r.keys.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(keys, ["k", "k #2", "j"]);
     }
 
     #[test]
