@@ -123,7 +123,11 @@ impl Writer {
                             request = rx.try_recv().ok();
                         }
                     }
-                    let run = std::panic::AssertUnwindSafe(|| tracker.ingest_batch(&store, jobs));
+                    // A request to warm or flush alone writes nothing.
+                    let run = std::panic::AssertUnwindSafe(|| match jobs.is_empty() {
+                        true => Vec::new(),
+                        false => tracker.ingest_batch(&store, jobs),
+                    });
                     match std::panic::catch_unwind(run) {
                         Ok(outcomes) => {
                             for (reply, outcome) in replies.into_iter().zip(outcomes) {
