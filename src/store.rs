@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// `age / COMPACT_RESOLUTION` of time.
 pub const COMPACT_RESOLUTION: i64 = 128;
 
-/// The schema version this build writes. Bump it by appending to [`MIGRATIONS`].
+/// The schema version this build writes. Bump it by appending to `MIGRATIONS`.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
