@@ -367,17 +367,10 @@ impl Tracker {
                 return;
             }
             for window in account.all_windows() {
-                let window_ms = window.duration.as_millis() as i64;
-                match batch.refill(account_id, &pools, now_ms - window_ms, CURSOR_SAMPLES) {
-                    Ok(found) => {
-                        for (p, around) in found {
-                            cursor(track.cursors.entry(p).or_default(), window_ms).fill(around);
-                        }
-                    }
-                    Err(_) => {
-                        track.cursors.clear();
-                        return;
-                    }
+                let from = now_ms - window.duration.as_millis() as i64;
+                if fill_cursors(track, batch, account_id, &pools, from, now_ms).is_err() {
+                    track.cursors.clear();
+                    return;
                 }
             }
         });
@@ -581,17 +574,27 @@ fn move_cursors(
             continue;
         }
         *reads += 1;
-        match batch.refill(account_id, pools, from, CURSOR_SAMPLES) {
-            Ok(found) => {
-                for (p, around) in found {
-                    let cursors = track.cursors.entry(p).or_default();
-                    cursor(cursors, now_ms - from).fill(around);
-                }
-            }
-            Err(_) => unread.extend(pools),
+        if fill_cursors(track, batch, account_id, pools, from, now_ms).is_err() {
+            unread.extend(pools);
         }
     }
     unread
+}
+
+/// Reads from the store the samples around `from` for `pools`' cursors of the window that
+/// starts there at `now_ms` ([`Batch::refill`]).
+fn fill_cursors(
+    track: &mut AccountTrack,
+    batch: &Batch<'_>,
+    account_id: i64,
+    pools: &HashSet<i64>,
+    from: i64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for (p, around) in batch.refill(account_id, pools, from, CURSOR_SAMPLES)? {
+        cursor(track.cursors.entry(p).or_default(), now_ms - from).fill(around);
+    }
+    Ok(())
 }
 
 /// A pool's cursor of the window `window_ms` long, made if it has none.
