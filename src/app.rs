@@ -383,7 +383,7 @@ impl Supervisor {
             // upstream.
             self.deps
                 .writer
-                .warm(vec![account.clone()], self.deps.clock.now());
+                .warm(account.clone(), self.deps.clock.now());
         }
         self.deps.state.set_schedule(
             &account.name,

@@ -81,8 +81,8 @@ pub struct Writer {
 
 enum Request {
     Ingest(Job, oneshot::Sender<Outcome>),
-    /// Accounts to read ahead of their first poll, with the time to read their windows at.
-    Warm(Vec<Arc<AccountConfig>>, DateTime<Utc>),
+    /// An account to read ahead of its first poll, with the time to read its windows at.
+    Warm(Arc<AccountConfig>, DateTime<Utc>),
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -96,8 +96,7 @@ impl Writer {
             .spawn(move || {
                 let mut tracker = Tracker::default();
                 // Accounts to warm, one at a time whenever no poll is waiting: polls come first.
-                let mut warming: VecDeque<Arc<AccountConfig>> = VecDeque::new();
-                let mut warm_at = DateTime::<Utc>::UNIX_EPOCH;
+                let mut warming: VecDeque<(Arc<AccountConfig>, DateTime<Utc>)> = VecDeque::new();
                 let mut next = rx.blocking_recv();
                 while let Some(first) = next.take() {
                     let mut jobs = Vec::new();
@@ -114,10 +113,7 @@ impl Writer {
                                 replies.push(reply);
                             }
                             Request::Flush(done) => flushes.push(done),
-                            Request::Warm(accounts, at) => {
-                                warming.extend(accounts);
-                                warm_at = at;
-                            }
+                            Request::Warm(account, at) => warming.push_back((account, at)),
                         }
                         if pools < BATCH_POOLS {
                             request = rx.try_recv().ok();
@@ -148,12 +144,11 @@ impl Writer {
                             Err(mpsc::error::TryRecvError::Disconnected) => break None,
                             Err(mpsc::error::TryRecvError::Empty) => {}
                         }
-                        let Some(account) = warming.pop_front() else {
+                        let Some((account, at)) = warming.pop_front() else {
                             break rx.blocking_recv();
                         };
-                        let run = std::panic::AssertUnwindSafe(|| {
-                            tracker.warm(&store, &account, warm_at)
-                        });
+                        let run =
+                            std::panic::AssertUnwindSafe(|| tracker.warm(&store, &account, at));
                         if std::panic::catch_unwind(run).is_err() {
                             tracker = Tracker::default();
                         }
@@ -173,14 +168,14 @@ impl Writer {
         answer.await.expect("ingest does not panic")
     }
 
-    /// Reads each account's ledgers and the samples around its burn windows' starts at `now`
+    /// Reads the account's ledgers and the samples around its burn windows' starts at `now`
     /// while the writer has nothing else to do, so that the first polls after a start find them
     /// in memory instead of reading them on the way to being served: for one account with
     /// 10,000 keys that is most of the writer's share of the first poll. Polls queued meanwhile
     /// go first; an account already polled is skipped. Only speed depends on it: a cursor read
     /// at `now` is checked and read again like any other when its poll comes.
-    pub fn warm(&self, accounts: Vec<Arc<AccountConfig>>, now: DateTime<Utc>) {
-        let _ = self.queue.send(Request::Warm(accounts, now));
+    pub fn warm(&self, account: Arc<AccountConfig>, now: DateTime<Utc>) {
+        let _ = self.queue.send(Request::Warm(account, now));
     }
 
     /// Waits until every reading queued so far is written.

@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Where the API lives unless `base_url` says otherwise.
 pub const DEFAULT_BASE_URL: &str = "https://api.imagerouter.io";
@@ -302,8 +302,7 @@ fn unique_names(keys: &[KeyUsage]) -> Vec<String> {
         })
         .collect();
     // Names are nearly always unique already: then they are the answer.
-    let mut seen = HashSet::with_capacity(base.len());
-    if base.iter().all(|b| seen.insert(*b)) {
+    if super::distinct(base.iter()) {
         return base.into_iter().map(str::to_string).collect();
     }
     let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();

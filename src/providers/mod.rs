@@ -385,8 +385,7 @@ fn is_plain_decimal(s: &str) -> bool {
     digits(int) && frac.is_none_or(digits)
 }
 
-/// The f64 nearest to a decimal (through its shortest text form, which Rust parses correctly
-/// rounded), so "4.2000" exports exactly as 4.2 does.
+/// The f64 nearest to a decimal, so "4.2000" exports exactly as 4.2 does.
 pub fn decimal_to_f64(d: Decimal) -> f64 {
     // Exact in both: one correctly rounded division gives the nearest f64 (the fast path of
     // decimal-to-binary conversion). Amounts nearly always get here.
@@ -400,8 +399,8 @@ pub fn decimal_to_f64(d: Decimal) -> f64 {
     {
         return m as f64 / p;
     }
-    // Otherwise through the decimal's text, which parses correctly rounded; written on the stack, since
-    // a 10,000-key body has tens of thousands of amounts.
+    // Otherwise through the decimal's text, which parses correctly rounded; written on the
+    // stack, since a 10,000-key body has tens of thousands of amounts.
     struct Buf([u8; 64], usize);
     impl std::fmt::Write for Buf {
         fn write_str(&mut self, s: &str) -> std::fmt::Result {
@@ -481,11 +480,11 @@ fn clean_label(s: &mut String) {
     }
 }
 
-/// Whether no `(scope, value)` pair repeats. Pairs nearly always are distinct, and then
-/// [`unique`] would change nothing: checked without copying any.
-fn distinct<'a>(mut pairs: impl Iterator<Item = (&'a str, &'a str)>) -> bool {
-    let mut seen = std::collections::HashSet::with_capacity(pairs.size_hint().0);
-    pairs.all(|p| seen.insert(p))
+/// Whether no item repeats. Label values nearly always are distinct, and then [`unique`] (or a
+/// provider's own naming of repeats) would change nothing: checked on borrowed values.
+fn distinct<T: Eq + std::hash::Hash>(mut items: impl Iterator<Item = T>) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(items.size_hint().0);
+    items.all(|it| seen.insert(it))
 }
 
 /// A plausible amount: finite and within [`MAX_AMOUNT`].
