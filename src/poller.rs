@@ -163,7 +163,11 @@ async fn poll_permitted(
                 reading,
                 now,
             };
-            let (mut snapshot, store_error) = deps.writer.ingest(job).await;
+            // Usually answered before the write: the poll is served while its rows are
+            // written, and the write's outcome is waited for after.
+            let mut pending = deps.writer.submit(job);
+            let (mut snapshot, store_error) = pending.answer().await;
+            let answered_with_error = store_error.is_some();
             if let Some(e) = store_error {
                 keep_totals(&mut snapshot, &deps.state, &account.name);
                 // The values are still right; only history could not be written. Serve them and
@@ -172,6 +176,11 @@ async fn poll_permitted(
             }
             tracing::debug!(account = %account.name, duration, pools = snapshot.pools.len(), "poll succeeded");
             deps.state.record_success(&account.name, duration, snapshot);
+            if !answered_with_error && let Some(e) = pending.written().await {
+                // The totals served came from the ledgers, so they stand; the next poll reads
+                // the ledgers again and counts everything since the last write once.
+                tracing::error!(account = %account.name, error = %e, "could not record poll in the state store");
+            }
             Ok(())
         }
         Err(e) => {
