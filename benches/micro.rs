@@ -6,14 +6,15 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use creditwatch::config::{AccountConfig, Config};
-use creditwatch::ingest::ingest;
+use creditwatch::ingest::{Job, Tracker, ingest};
 use creditwatch::metrics::Exporter;
 use creditwatch::providers::{ProviderSettings, floow, fluximage, imagerouter};
 use creditwatch::state::State;
 use creditwatch::store::Store;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::Arc;
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap()
@@ -159,6 +160,38 @@ fn poll(c: &mut Criterion) {
             })
         });
     }
+    // The daemon's own path for one account with 10,000 keys: the writer's tracker kept from
+    // poll to poll, an hour of 5-minute history behind it.
+    let a = &accounts[1];
+    let store = Store::in_memory();
+    let mut tracker = Tracker::default();
+    let mut t = t0();
+    let job = |t: DateTime<Utc>, i: u32| Job {
+        account: Arc::new(a.clone()),
+        reading: imagerouter::parse(
+            imagerouter_body(10_000, f64::from(i) / 100.0).as_bytes(),
+            t,
+            true,
+        )
+        .unwrap(),
+        now: t,
+    };
+    for i in 0..12 {
+        t += Duration::minutes(5);
+        tracker.ingest_batch(&store, vec![job(t, i)]);
+    }
+    let mut i = 12;
+    c.bench_function("poll/ingest/imagerouter_10000_keys_tracked", |b| {
+        b.iter_batched(
+            || {
+                t += Duration::minutes(5);
+                i += 1;
+                job(t, i)
+            },
+            |job| black_box(tracker.ingest_batch(&store, vec![job])),
+            BatchSize::PerIteration,
+        )
+    });
     let body = imagerouter_body(10_000, 1.0);
     c.bench_function("parse/imagerouter/10000_keys", |b| {
         b.iter(|| black_box(imagerouter::parse(body.as_bytes(), now, true).unwrap()))

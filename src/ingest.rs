@@ -35,7 +35,10 @@ use crate::providers::Reading;
 use crate::state::{PoolState, Snapshot};
 use crate::store::{Around, Batch, Ids, Ledger, PoolId, SampleRow, Store, StoreError};
 use chrono::{DateTime, Utc};
-use std::collections::{HashMap, HashSet, VecDeque};
+// Keys are the store's own integer ids and names: foldhash is several times cheaper than the
+// default SipHash for them, and its per-process seed still keeps collisions from being chosen.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};

@@ -15,7 +15,7 @@ use crate::forecast::consumption::Observation;
 use rusqlite::{Connection, OptionalExtension, params};
 use rust_decimal::Decimal;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -257,7 +257,7 @@ pub struct SampleRow {
 #[derive(Debug, Default)]
 pub struct Ids {
     account: Option<i64>,
-    pools: HashMap<PoolId, i64>,
+    pools: foldhash::HashMap<PoolId, i64>,
 }
 
 impl Ids {
@@ -1075,8 +1075,8 @@ impl Batch<'_> {
         &self,
         account: &str,
         ids: &mut Ids,
-    ) -> Result<HashMap<i64, Ledger>, StoreError> {
-        let mut out = HashMap::new();
+    ) -> Result<foldhash::HashMap<i64, Ledger>, StoreError> {
+        let mut out = foldhash::HashMap::default();
         ledgers_in(self.conn, account, |a, p, id, ledger| {
             ids.account = Some(a);
             ids.pools.insert(id, p);
@@ -1188,12 +1188,12 @@ impl Batch<'_> {
     pub fn refill(
         &self,
         account_id: i64,
-        pools: &HashSet<i64>,
+        pools: &foldhash::HashSet<i64>,
         from_ms: i64,
         after: usize,
-    ) -> Result<HashMap<i64, Around>, StoreError> {
+    ) -> Result<foldhash::HashMap<i64, Around>, StoreError> {
         let run = || -> rusqlite::Result<_> {
-            let mut out: HashMap<i64, Around> =
+            let mut out: foldhash::HashMap<i64, Around> =
                 pools.iter().map(|&p| (p, (None, Vec::new()))).collect();
             let mut missing = out.len();
             let mut back = self.conn.prepare_cached(
@@ -1839,7 +1839,7 @@ mod tests {
         ];
         for from in between.into_iter().chain(on) {
             for after in [0, 1, 3, 8] {
-                let wanted: HashSet<i64> = (0..5).map(id_of).collect();
+                let wanted: foldhash::HashSet<i64> = (0..5).map(id_of).collect();
                 let (got, committed) = s.batch(|b| b.refill(account_id, &wanted, from, after));
                 committed.unwrap();
                 let got = got.unwrap();
