@@ -17,6 +17,12 @@
 //!   served while its rows are written and committed. The poller waits for the write after
 //!   serving, to report a failure. Not when the account's ledgers could not be read, nor when
 //!   history is written into the past (Floow's backfill): then the answer follows the commit.
+//!   A total served but then not recorded (the write or the commit failed) stays a floor for
+//!   the account's next totals until a write succeeds, so `consumed_total` never goes back
+//!   while the process lives. What it gives up: a process killed in the few milliseconds
+//!   between an answer and its commit may have served a total that the store never held, and
+//!   after a restart an interval with a reset or a top-up in it can count lower than the
+//!   steps served.
 //! - **Warmed at start** ([`Writer::warm`]): while the first polls wait on their upstreams, the
 //!   writer reads each account's ledgers and cursors, so the first round is not held up by
 //!   reads (one account with 10,000 keys: about 20 ms of its first poll).
@@ -263,6 +269,11 @@ struct AccountTrack {
     /// Polled since the store's generation last changed; accounts that were not are forgotten
     /// then (removed by a reload, or polled less than hourly), and read again if they return.
     recent: bool,
+    /// Totals served but not recorded (their write or its commit failed), by pool: until a
+    /// write succeeds, no total goes below them. Counted again from the older ledger, an
+    /// interval with a reset or a top-up in it can come out lower than the steps served
+    /// ([`consumed_between`] does not add up across them), and `consumed_total` is a counter.
+    floors: Option<HashMap<PoolId, f64>>,
 }
 
 /// A contiguous run of one pool's samples, `(ts_ms, consumed)` oldest first, around the start
@@ -398,7 +409,7 @@ impl Tracker {
         if let Err(e) = committed {
             // Nothing of the batch was kept: forget what it taught, and report the commit's
             // error on every poll of it.
-            self.accounts.clear();
+            self.forget_uncommitted();
             let detail = e.to_string();
             let error = || StoreError::Batch {
                 path: store.path().to_string(),
@@ -415,6 +426,27 @@ impl Tracker {
             answer(i, outcome);
         }
         written
+    }
+
+    /// After a failed commit: what the tracker holds may not match the store, so every account
+    /// is read again at its next poll, but the totals its ledgers hold (served, some of them not
+    /// recorded) stay as floors.
+    fn forget_uncommitted(&mut self) {
+        for track in self.accounts.values_mut() {
+            let mut floors = track.floors.take().unwrap_or_default();
+            if let Some(ledgers) = track.ledgers.take() {
+                for (id, pid) in track.ids.pools() {
+                    if let Some(l) = ledgers.get(&pid) {
+                        let f = floors.entry(id.clone()).or_insert(l.consumed);
+                        *f = f.max(l.consumed);
+                    }
+                }
+            }
+            *track = AccountTrack {
+                floors: (!floors.is_empty()).then_some(floors),
+                ..AccountTrack::default()
+            };
+        }
     }
 
     /// Forgets the cursors when maintenance has deleted samples since they were read, and the
@@ -507,7 +539,7 @@ impl Tracker {
                 remaining: pool.remaining,
                 period_start_ms: period.map(|p| p.start.timestamp_millis()),
             };
-            let consumed = match (pid.and_then(|p| ledgers.get(&p)), pool.cumulative) {
+            let mut consumed = match (pid.and_then(|p| ledgers.get(&p)), pool.cumulative) {
                 // The provider's own exact total; never below what was already exported.
                 (Some(l), Some(total)) => total.max(l.consumed),
                 (None, Some(total)) => total,
@@ -516,6 +548,9 @@ impl Tracker {
                 (Some(l), None) => l.consumed + consumed_between(&l.last, &obs, pool.rule),
                 (None, None) => 0.0,
             };
+            if let Some(&floor) = track.floors.as_ref().and_then(|f| f.get(&id)) {
+                consumed = consumed.max(floor);
+            }
             rows.push(SampleRow {
                 id,
                 unit: pool.unit.as_str().to_string(),
@@ -605,8 +640,16 @@ fn remember(
     if !written {
         track.ledgers = None;
         track.cursors.clear();
+        // The totals were served (or are about to be): keep them as floors.
+        let floors = track.floors.get_or_insert_with(HashMap::new);
+        for r in rows {
+            let f = floors.entry(r.id.clone()).or_insert(r.consumed);
+            *f = f.max(r.consumed);
+        }
         return;
     }
+    // Written; if the commit fails, the ledgers below become the floors (`forget_uncommitted`).
+    track.floors = None;
     let ledgers = track.ledgers.get_or_insert_with(HashMap::new);
     for (r, &pid) in rows.iter().zip(pids) {
         // Every written row's pool has an id now.
@@ -1187,6 +1230,67 @@ forecast_window = "10m"
                 .consumed,
             20.0
         );
+    }
+
+    /// A total served but not recorded is never undercut: counted again from the older ledger, a
+    /// reset in between hides the use served before it. Both ways of losing a write: the poll's
+    /// own write, and the batch's commit.
+    #[test]
+    fn a_total_served_but_not_recorded_is_never_undercut() {
+        let a = Arc::new(accounts()[0].clone());
+        let store = Store::in_memory();
+        let mut tracker = Tracker::default();
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 20, 6, 0, 0).unwrap();
+        let mut poll = |tracker: &mut Tracker, minutes: i64, used: u32| {
+            let now = t0 + Span::minutes(minutes);
+            let body = format!(
+                r#"{{"plan":"pro","compressor_used":{used},"compressor_limit":5000,"ia_credits_used":{used},"ia_credits_monthly":5000,"ia_topup_credits":0,"ia_credits_remaining":{},"canCompress":true,"canUseIA":true}}"#,
+                5000 - used
+            );
+            let job = Job {
+                account: Arc::clone(&a),
+                reading: fluximage::parse(body.as_bytes(), a.billing_anchor.unwrap()).unwrap(),
+                now,
+            };
+            let (snapshot, error) = tracker.ingest_batch(&store, vec![job]).pop().unwrap();
+            let ai = snapshot
+                .pools
+                .iter()
+                .find(|p| p.reading.pool == "ai")
+                .unwrap();
+            (ai.consumed_total, error.is_some())
+        };
+        let ai = PoolId {
+            pool: "ai".into(),
+            key: String::new(),
+        };
+        let ledger = || store.ledgers("images").unwrap()[&ai].consumed;
+        assert_eq!(poll(&mut tracker, 0, 10), (0.0, false));
+        // 10 used; the write fails, the total is served all the same.
+        store.execute_for_test(
+            "CREATE TRIGGER refuse BEFORE INSERT ON samples
+             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
+        );
+        assert_eq!(poll(&mut tracker, 5, 20), (10.0, true));
+        store.execute_for_test("DROP TRIGGER refuse;");
+        // A reset, then 5 used: from the recorded 10 that is 5 in all, but 10 were served.
+        assert_eq!(poll(&mut tracker, 10, 5), (10.0, false));
+        assert_eq!(ledger(), 10.0);
+        // The same when the commit fails (a deferred foreign key is checked at commit).
+        store.execute_for_test(
+            "PRAGMA foreign_keys = ON;
+             CREATE TABLE dangling (p INTEGER REFERENCES pool_ids (id) DEFERRABLE INITIALLY DEFERRED);
+             CREATE TRIGGER dangle AFTER INSERT ON samples
+             BEGIN INSERT INTO dangling VALUES (-1); END;",
+        );
+        assert_eq!(poll(&mut tracker, 15, 15), (20.0, true));
+        store.execute_for_test("DROP TRIGGER dangle; PRAGMA foreign_keys = OFF;");
+        assert_eq!(ledger(), 10.0);
+        assert_eq!(poll(&mut tracker, 20, 3), (20.0, false));
+        assert_eq!(ledger(), 20.0);
+        // Recorded again, the floors are gone: the totals follow the ledger.
+        assert!(tracker.accounts["images"].floors.is_none());
+        assert_eq!(poll(&mut tracker, 25, 8), (25.0, false));
     }
 
     /// Polls that reach the writer together are written together and each gets its own answer;

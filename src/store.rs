@@ -270,6 +270,11 @@ impl Ids {
     pub fn pool(&self, id: &PoolId) -> Option<i64> {
         self.pools.get(id).copied()
     }
+
+    /// Every pool known, with its id.
+    pub fn pools(&self) -> impl Iterator<Item = (&PoolId, i64)> {
+        self.pools.iter().map(|(id, &p)| (id, p))
+    }
 }
 
 /// One row of the proxy ledger: what a fluxrouter proxy served in one billing period for one
