@@ -1241,7 +1241,7 @@ forecast_window = "10m"
         let store = Store::in_memory();
         let mut tracker = Tracker::default();
         let t0 = Utc.with_ymd_and_hms(2026, 11, 20, 6, 0, 0).unwrap();
-        let mut poll = |tracker: &mut Tracker, minutes: i64, used: u32| {
+        let poll = |tracker: &mut Tracker, minutes: i64, used: u32| {
             let now = t0 + Span::minutes(minutes);
             let body = format!(
                 r#"{{"plan":"pro","compressor_used":{used},"compressor_limit":5000,"ia_credits_used":{used},"ia_credits_monthly":5000,"ia_topup_credits":0,"ia_credits_remaining":{},"canCompress":true,"canUseIA":true}}"#,
