@@ -266,6 +266,81 @@ mod tests {
         );
     }
 
+    /// A poll is served whether or not its write succeeds, and when the write failed the total
+    /// served stays a floor for the next poll (here across a reset, which the older ledger alone
+    /// would count as 5).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poll_whose_write_fails_is_served_and_its_total_stays_a_floor() {
+        use wiremock::matchers::path;
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let server = MockServer::start().await;
+        let text = format!(
+            "[[account]]\nname = \"w\"\nprovider = \"fluximage\"\napi_key = \"k\"\nbilling_anchor = \"2026-01-15\"\nbase_url = \"{}\"\n",
+            server.uri()
+        );
+        let (config, _) = crate::config::Config::parse(
+            &text,
+            std::path::Path::new("t.toml"),
+            std::path::Path::new("."),
+            &|_| None,
+        )
+        .unwrap();
+        let store = Store::in_memory();
+        let clock = Arc::new(crate::clock::ManualClock::new(
+            chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 11, 20, 6, 0, 0).unwrap(),
+        ));
+        let deps = PollerDeps {
+            http: HttpClient::new().unwrap(),
+            store: store.clone(),
+            state: State::new(),
+            clock: clock.clone(),
+            limit: Arc::new(Semaphore::new(1)),
+            writer: Writer::start(store.clone()),
+        };
+        let account = Arc::new(config.accounts[0].clone());
+        deps.state.add_account("w", "fluximage", true);
+        let serve = |used: u32, topup: u32| {
+            let body = format!(
+                r#"{{"plan":"pro","compressor_used":0,"compressor_limit":5000,"ia_credits_used":{used},"ia_credits_monthly":5000,"ia_topup_credits":{topup},"ia_credits_remaining":{},"canCompress":true,"canUseIA":true}}"#,
+                5000 + topup - used
+            );
+            Mock::given(path("/api/usage"))
+                .respond_with(ResponseTemplate::new(200).set_body_string(body))
+        };
+        let ai_total = |deps: &PollerDeps| {
+            let a = deps.state.account("w").unwrap();
+            let snap = a.snapshot.unwrap();
+            snap.pools
+                .iter()
+                .find(|p| p.reading.pool == "ai")
+                .unwrap()
+                .consumed_total
+        };
+        serve(10, 0).mount(&server).await;
+        poll_once(&account, &deps).await.unwrap();
+        deps.writer.flush().await;
+        assert_eq!(store.sample_count("w").unwrap(), 2);
+        store.execute_for_test(
+            "CREATE TRIGGER refuse BEFORE INSERT ON samples
+             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
+        );
+        server.reset().await;
+        serve(30, 0).mount(&server).await;
+        clock.advance(Duration::from_secs(300));
+        poll_once(&account, &deps).await.unwrap();
+        assert_eq!(ai_total(&deps), 20.0, "served although not recorded");
+        deps.writer.flush().await;
+        assert_eq!(store.sample_count("w").unwrap(), 2);
+        store.execute_for_test("DROP TRIGGER refuse;");
+        server.reset().await;
+        serve(5, 0).mount(&server).await;
+        clock.advance(Duration::from_secs(300));
+        poll_once(&account, &deps).await.unwrap();
+        assert_eq!(ai_total(&deps), 20.0);
+        deps.writer.flush().await;
+        assert_eq!(store.sample_count("w").unwrap(), 4);
+    }
+
     #[test]
     fn success_and_auth_wait_the_interval() {
         assert_eq!(next_wait(&Ok(()), 0, S(300), 0.3), S(300));
