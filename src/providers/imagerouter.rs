@@ -686,6 +686,21 @@ mod tests {
         );
     }
 
+    /// A body that is not UTF-8 is refused with the field it broke, not taken in part.
+    #[test]
+    fn a_body_that_is_not_utf8_names_the_field() {
+        let mut body = br#"{"remaining_credits":"25.5000","credit_usage":"4.5"#.to_vec();
+        body.push(0xff);
+        body.extend_from_slice(br#"","total_deposits":"30.0000"}"#);
+        let err = parse(&body, t("2026-11-20T00:00:00Z"), false).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, PollError::Parse(_)), "{msg}");
+        assert!(
+            msg.contains("not valid JSON at field `credit_usage`"),
+            "{msg}"
+        );
+    }
+
     #[test]
     fn error_bodies_are_surfaced() {
         let body = br#"{ "error": { "message": "Failed to fetch credit information", "type": "internal_error" } }"#;

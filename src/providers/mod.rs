@@ -433,7 +433,11 @@ pub fn decimal_to_f64(d: Decimal) -> f64 {
 pub fn parse_json<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T, PollError> {
     // Tracking the path costs as much as the parse itself: only a body that fails is parsed
     // again to name the field.
-    if let Ok(v) = serde_json::from_slice(body) {
+    // Checked as UTF-8 once, with the standard library's fast path for ASCII, rather than string
+    // by string as `from_slice` does. A body that is not UTF-8 gets `from_slice`'s error below.
+    if let Ok(text) = std::str::from_utf8(body)
+        && let Ok(v) = serde_json::from_str(text)
+    {
         return Ok(v);
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
