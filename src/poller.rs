@@ -166,19 +166,17 @@ async fn poll_permitted(
             // Usually answered before the write: the poll is served while its rows are
             // written, and the write's outcome is waited for after.
             let mut pending = deps.writer.submit(job);
-            let (mut snapshot, store_error) = pending.answer().await;
-            let answered_with_error = store_error.is_some();
-            if let Some(e) = store_error {
+            let (mut snapshot, answered_error) = pending.answer().await;
+            if answered_error.is_some() {
+                // An answer that already carries the error may have totals computed without
+                // the ledgers (they could not be read): never serve them below what was served.
                 keep_totals(&mut snapshot, &deps.state, &account.name);
-                // The values are still right; only history could not be written. Serve them and
-                // say so loudly; the next successful write picks up where this one left off.
-                tracing::error!(account = %account.name, error = %e, "could not record poll in the state store");
             }
             tracing::debug!(account = %account.name, duration, pools = snapshot.pools.len(), "poll succeeded");
             deps.state.record_success(&account.name, duration, snapshot);
-            if !answered_with_error && let Some(e) = pending.written().await {
-                // The totals served came from the ledgers, so they stand; the next poll reads
-                // the ledgers again and counts everything since the last write once.
+            // The values are still right; only history could not be written. They are served,
+            // and the writer keeps the totals served as floors until a write succeeds.
+            if let Some(e) = answered_error.or(pending.written().await) {
                 tracing::error!(account = %account.name, error = %e, "could not record poll in the state store");
             }
             Ok(())
