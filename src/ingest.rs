@@ -437,8 +437,7 @@ impl Tracker {
             if let Some(ledgers) = track.ledgers.take() {
                 for (id, pid) in track.ids.pools() {
                     if let Some(l) = ledgers.get(&pid) {
-                        let f = floors.entry(id.clone()).or_insert(l.consumed);
-                        *f = f.max(l.consumed);
+                        raise_floor(&mut floors, id, l.consumed);
                     }
                 }
             }
@@ -643,8 +642,7 @@ fn remember(
         // The totals were served (or are about to be): keep them as floors.
         let floors = track.floors.get_or_insert_with(HashMap::new);
         for r in rows {
-            let f = floors.entry(r.id.clone()).or_insert(r.consumed);
-            *f = f.max(r.consumed);
+            raise_floor(floors, &r.id, r.consumed);
         }
         return;
     }
@@ -688,6 +686,12 @@ fn remember(
             .and_then(|p| track.cursors.get_mut(&p));
         cursors.into_iter().flatten().for_each(Cursor::reset);
     }
+}
+
+/// Makes `total` the pool's floor unless it already has a higher one.
+fn raise_floor(floors: &mut HashMap<PoolId, f64>, id: &PoolId, total: f64) {
+    let f = floors.entry(id.clone()).or_insert(total);
+    *f = f.max(total);
 }
 
 /// What one poll's answer is computed with.
