@@ -45,7 +45,14 @@ pub fn router(web: Arc<Web>) -> Router {
             "/runbook",
             get(|| async { Html(crate::runbook::html_page()) }),
         )
-        .layer(CompressionLayer::new().gzip(true))
+        // gzip at its fastest level: at 10,000 accounts the exposition is about 40 MB, which the
+        // default level took about 400 ms of CPU to compress on every scrape; the fastest takes
+        // a third of that for a body about a quarter larger (2.8 instead of 2.2 MB).
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .quality(tower_http::CompressionLevel::Fastest),
+        )
         .layer(axum::middleware::from_fn_with_state(
             web.auth.clone(),
             crate::web::require_auth,
