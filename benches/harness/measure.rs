@@ -118,14 +118,17 @@ pub struct Scrape {
     pub gzip: bool,
 }
 
-/// GETs `url` once, with `Accept-Encoding: gzip` when `gzip`; reads the whole body.
+/// GETs `url` once, with `Accept-Encoding: gzip` when `gzip`; reads the whole body as it
+/// arrives, chunk by chunk, as a scraper parsing it would. (Gathering a 40 MB body into one
+/// buffer first cost this client 80 ms more than the server took to send it; `curl` reads the
+/// same body in the server's time.) A gzip body is kept to check that it decodes.
 pub async fn scrape(client: &reqwest::Client, url: &str, gzip: bool) -> Result<Scrape, String> {
     let started = Instant::now();
     let mut req = client.get(url);
     if gzip {
         req = req.header("accept-encoding", "gzip");
     }
-    let resp = req.send().await.map_err(|e| e.to_string())?;
+    let mut resp = req.send().await.map_err(|e| e.to_string())?;
     if !resp.status().is_success() {
         return Err(format!("{url}: HTTP {}", resp.status()));
     }
@@ -133,18 +136,25 @@ pub async fn scrape(client: &reqwest::Client, url: &str, gzip: bool) -> Result<S
         .headers()
         .get("content-encoding")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    let mut bytes = 0;
+    let mut kept = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        bytes += chunk.len();
+        if encoded {
+            kept.extend_from_slice(&chunk);
+        }
+    }
     let elapsed = started.elapsed();
     if gzip && encoded {
         // Make sure it really is gzip.
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&body[..])
+        flate2::read::GzDecoder::new(&kept[..])
             .read_to_end(&mut out)
             .map_err(|e| format!("{url}: the gzip body does not decode: {e}"))?;
     }
     Ok(Scrape {
         elapsed,
-        bytes: body.len(),
+        bytes,
         gzip: encoded,
     })
 }
