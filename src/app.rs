@@ -167,7 +167,8 @@ pub async fn start(source: ConfigSource, opts: Options) -> Result<Running, Start
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let web = Arc::new(Web {
         state: state.clone(),
-        exporter: Exporter::new(state.clone()),
+        // Overlapping scrapes (a Prometheus pair, an agent) share one table of the accounts.
+        exporter: Exporter::new(state.clone()).sharing(crate::metrics::SHARE_TABLE_FOR),
         store: store.clone(),
         clock: opts.clock.clone(),
         enable_reload: config.reload_enabled(addr).into(),

@@ -8,18 +8,20 @@
 //! no intermediate protobuf families. A scrape first flattens every account into a compact
 //! [`Table`] (label text escaped once per account, pool, key and endpoint, values copied into
 //! rows), since forty families each walking scattered per-account state was what made large
-//! expositions slow. [`Exporter::stream`] hands the text out in chunks as it is written, so a
-//! scrape of ten thousand accounts never holds the whole exposition in memory, and concurrent
-//! scrapes do not multiply it.
+//! expositions slow; scrapes that overlap can share one table ([`Exporter::sharing`]).
+//! [`Exporter::stream`] hands the text out in chunks as it is written, so a scrape of ten
+//! thousand accounts never holds the whole exposition in memory, and concurrent scrapes do not
+//! multiply it.
 
 use crate::providers::Unit;
 use crate::proxy::Counters;
-use crate::state::{AccountState, AlertingStatus, PoolState, ReloadStatus, State};
+use crate::state::{AccountState, AlertingStatus, ReloadStatus, State};
 use bytes::Bytes;
 use rust_decimal::prelude::ToPrimitive;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 /// `version` label of `creditwatch_build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -336,16 +338,12 @@ impl Out<'_> {
 struct Scrape {
     reload: ReloadStatus,
     alerting: AlertingStatus,
-    /// Every account's current state, shared with [`State`] rather than copied: the scrape
-    /// reads these versions even if polls replace them meanwhile.
-    accounts: Vec<Arc<AccountState>>,
     /// A fluxrouter account's proxy counters and its `provider`/`account` labels.
     proxies: Vec<(Counters, String)>,
 }
 
 impl Scrape {
     fn take(state: &State) -> Scrape {
-        let accounts = state.accounts();
         let proxies = state
             .proxies()
             .into_iter()
@@ -354,13 +352,12 @@ impl Scrape {
         Scrape {
             reload: state.reload_status(),
             alerting: state.alerting(),
-            accounts,
             proxies,
         }
     }
 
     /// Writes every sample of one family; false when it has none.
-    fn family(&self, table: &Table<'_>, out: &mut Out<'_>, spec: &Spec) -> bool {
+    fn family(&self, table: &Table, out: &mut Out<'_>, spec: &Spec) -> bool {
         let name = spec.name.as_str();
         let mut any = false;
         let mut emit = |out: &mut Out<'_>, labels: &str, own: &str, extra: &[(&str, &str)], v| {
@@ -448,17 +445,18 @@ enum PoolValue {
     Reset,
     Exhaustion,
     Projected,
+    BurnPeriod,
 }
 
-const POOL_VALUES: usize = 8;
+const POOL_VALUES: usize = 9;
 /// Bits of [`PoolRow::bits`] past the values': whether each yes/no value is present, and what it is.
-const EXHAUSTS_KNOWN: u16 = 1 << 8;
-const EXHAUSTS: u16 = 1 << 9;
-const AVAILABLE_KNOWN: u16 = 1 << 10;
-const AVAILABLE: u16 = 1 << 11;
+const EXHAUSTS_KNOWN: u16 = 1 << 9;
+const EXHAUSTS: u16 = 1 << 10;
+const AVAILABLE_KNOWN: u16 = 1 << 11;
+const AVAILABLE: u16 = 1 << 12;
 
 /// One account's account-level samples.
-struct AccountRow<'a> {
+struct AccountRow {
     /// Its `provider` and `account` labels.
     labels: Span,
     /// `None` until the first poll was attempted.
@@ -466,12 +464,12 @@ struct AccountRow<'a> {
     last_success: Option<f64>,
     duration: Option<f64>,
     errors: crate::state::ErrorCounts,
-    /// The plan label's value; `None` before the first successful poll.
-    plan: Option<&'a str>,
+    /// `,plan="…"`, escaped; `None` before the first successful poll.
+    plan: Option<Span>,
 }
 
 /// One pool's samples: its own labels and every value its families write.
-struct PoolRow<'a> {
+struct PoolRow {
     /// Index of its account in [`Table::accounts`], whose labels come first.
     account: u32,
     /// `,pool="…",key="…"`, escaped.
@@ -479,14 +477,15 @@ struct PoolRow<'a> {
     unit: Unit,
     bits: u16,
     values: [f64; POOL_VALUES],
-    /// The burn families read the variable list of windows from the pool itself.
-    pool: &'a PoolState,
+    /// Its burn rates per window: `len` entries of [`Table::burn`] from `start`.
+    burn_start: u32,
+    burn_len: u16,
 }
 
 /// Reads one family's value of a pool row.
-type PoolRead = fn(&PoolRow<'_>) -> Option<f64>;
+type PoolRead = fn(&PoolRow) -> Option<f64>;
 
-impl PoolRow<'_> {
+impl PoolRow {
     fn get(&self, v: PoolValue) -> Option<f64> {
         (self.bits & (1 << v as u16) != 0).then(|| self.values[v as usize])
     }
@@ -519,6 +518,7 @@ struct Sizes {
     pools: usize,
     keys: usize,
     endpoints: usize,
+    burn: usize,
 }
 
 /// Every account's samples, flattened once per scrape into contiguous rows.
@@ -530,37 +530,53 @@ struct Sizes {
 /// evicts it), and rendering cost grew 38-fold for 10-fold the accounts. One pass copies what
 /// the families need into these rows, with each pool's, key's and endpoint's labels escaped once
 /// instead of once per family; the families then read the rows in order, which the cache
-/// prefetches. The rows are kept small (about 90 bytes a pool, labels apart), since every scrape
-/// in flight holds its own: at 10,000 accounts about 4 MiB.
-struct Table<'a> {
+/// prefetches. The rows are kept small (about 100 bytes a pool with its burn rates, labels
+/// apart): at 10,000 accounts a table is about 5 MiB, held while its scrape sends.
+///
+/// The table owns what it holds (it points into no account's state), so scrapes that overlap
+/// can share one ([`Exporter::sharing`]).
+struct Table {
+    /// When it was built, for sharing.
+    built: Instant,
     /// The label text of every row, back to back.
     text: String,
-    accounts: Vec<AccountRow<'a>>,
-    pools: Vec<PoolRow<'a>>,
+    accounts: Vec<AccountRow>,
+    pools: Vec<PoolRow>,
     keys: Vec<ItemRow>,
     endpoints: Vec<ItemRow>,
+    /// Every pool's burn rates by window: an index into `windows`, and the rate.
+    burn: Vec<(u32, f64)>,
+    /// The burn windows' labels, each once, and where each is in `windows`.
+    windows: Vec<Arc<str>>,
+    window_index: foldhash::HashMap<Arc<str>, u32>,
 }
 
-impl<'a> Table<'a> {
-    fn build(accounts: &'a [Arc<AccountState>], hint: Sizes) -> Table<'a> {
+impl Table {
+    fn build(accounts: &[Arc<AccountState>], hint: Sizes) -> Table {
         let mut t = Table {
+            built: Instant::now(),
             text: String::with_capacity(hint.text),
             accounts: Vec::with_capacity(accounts.len()),
             pools: Vec::with_capacity(hint.pools),
             keys: Vec::with_capacity(hint.keys),
             endpoints: Vec::with_capacity(hint.endpoints),
+            burn: Vec::with_capacity(hint.burn),
+            windows: Vec::new(),
+            window_index: Default::default(),
         };
         for a in accounts {
             let index = t.accounts.len() as u32;
             let labels = t.span(|text| text.push_str(&a.labels));
             let snap = a.snapshot.as_deref();
+            let plan = snap
+                .map(|s| t.span(|text| push_pair(text, "plan", s.plan.as_deref().unwrap_or(""))));
             t.accounts.push(AccountRow {
                 labels,
                 up: (a.attempts > 0).then_some(a.up),
                 last_success: a.last_success.map(secs),
                 duration: a.last_duration_seconds,
                 errors: a.errors,
-                plan: snap.map(|s| s.plan.as_deref().unwrap_or("")),
+                plan,
             });
             let Some(snap) = snap else { continue };
             for p in &snap.pools {
@@ -576,8 +592,13 @@ impl<'a> Table<'a> {
                     unit: r.unit,
                     bits: 0,
                     values: [0.0; POOL_VALUES],
-                    pool: p,
+                    burn_start: t.burn.len() as u32,
+                    burn_len: f.burn.len() as u16,
                 };
+                for (window, v) in &f.burn {
+                    let w = t.window(window);
+                    t.burn.push((w, *v));
+                }
                 for (v, x) in [
                     (PoolValue::Remaining, r.remaining),
                     (PoolValue::Used, r.used),
@@ -587,6 +608,7 @@ impl<'a> Table<'a> {
                     (PoolValue::Reset, p.period.map(|q| secs(q.end))),
                     (PoolValue::Exhaustion, f.exhaustion),
                     (PoolValue::Projected, f.projected_remaining_at_reset),
+                    (PoolValue::BurnPeriod, f.burn_period),
                 ] {
                     if let Some(x) = x {
                         row.bits |= 1 << v as u16;
@@ -631,7 +653,20 @@ impl<'a> Table<'a> {
             pools: self.pools.len(),
             keys: self.keys.len(),
             endpoints: self.endpoints.len(),
+            burn: self.burn.len(),
         }
+    }
+
+    /// The index of a burn window's label in `windows` (every account's config holds its own
+    /// copy of the labels, so they are told apart by text).
+    fn window(&mut self, label: &Arc<str>) -> u32 {
+        if let Some(i) = self.window_index.get(label) {
+            return *i;
+        }
+        let i = self.windows.len() as u32;
+        self.windows.push(label.clone());
+        self.window_index.insert(label.clone(), i);
+        i
     }
 
     /// Appends label text with `write` and returns where it went.
@@ -703,7 +738,7 @@ impl<'a> Table<'a> {
                         }
                         Src::AccountInfo => {
                             if let Some(plan) = a.plan {
-                                emit(out, l, "", &[("plan", plan)], 1.0);
+                                emit(out, l, self.text(plan), &[], 1.0);
                             }
                         }
                         _ => {
@@ -727,11 +762,11 @@ impl<'a> Table<'a> {
             Src::Burn(u) => {
                 for p in self.pools.iter().filter(|p| p.unit == u) {
                     let (a, own) = self.labels(p.account, p.labels);
-                    let f = &p.pool.forecast;
-                    for (window, v) in &f.burn {
-                        emit(out, a, own, &[("window", window)], *v);
+                    let start = p.burn_start as usize;
+                    for (w, v) in &self.burn[start..start + p.burn_len as usize] {
+                        emit(out, a, own, &[("window", &self.windows[*w as usize])], *v);
                     }
-                    if let Some(v) = f.burn_period {
+                    if let Some(v) = p.get(PoolValue::BurnPeriod) {
                         emit(out, a, own, &[("window", "period")], v);
                     }
                     if out.closed {
@@ -833,17 +868,70 @@ fn proxy_samples(src: Src, c: &Counters, account: &str, emit: &mut Emit<'_>, out
 #[derive(Clone)]
 pub struct Exporter {
     state: Arc<State>,
-    /// The size of the last scrape's [`Table`], which the next allocates at once, with a
-    /// little room to grow (a vector grown by doubling can hold twice what it needs).
-    sizes: Arc<std::sync::Mutex<Sizes>>,
+    /// The last scrape's table, while a scrape still uses it, and its size.
+    last: Arc<Mutex<Last>>,
+    /// How old a table in use may be for a new scrape to share it; zero never shares.
+    share_for: Duration,
 }
+
+/// The last [`Table`] built by an [`Exporter`].
+#[derive(Default)]
+struct Last {
+    /// Alive while a scrape is still writing from it.
+    table: Weak<Table>,
+    /// Its size, which the next table allocates at once, with a little room to grow (a vector
+    /// grown by doubling can hold twice what it needs).
+    sizes: Sizes,
+}
+
+/// How old a table may be for an overlapping scrape to share it ([`Exporter::sharing`]).
+pub const SHARE_TABLE_FOR: Duration = Duration::from_secs(1);
 
 impl Exporter {
     pub fn new(state: Arc<State>) -> Self {
         Exporter {
             state,
-            sizes: Arc::default(),
+            last: Arc::default(),
+            share_for: Duration::ZERO,
         }
+    }
+
+    /// An exporter whose scrapes share one [`Table`] when they overlap: a scrape that starts
+    /// while another is still writing from a table built less than `age` ago writes from that
+    /// table too. At 10,000 accounts a table is about 5 MiB, held for as long as its scrape
+    /// takes to send; concurrent scrapers (a Prometheus pair, a dashboard and an agent) each
+    /// held their own. The accounts' values a shared scrape writes are then at most `age` old
+    /// (the proxy counters, reload and alerting status are always read anew).
+    pub fn sharing(mut self, age: Duration) -> Self {
+        self.share_for = age;
+        self
+    }
+
+    /// The table to write from: the last one if a scrape still uses it and it is young enough
+    /// to share, else a new one. Built under the lock, so scrapes arriving meanwhile wait for
+    /// it and share it rather than build their own.
+    fn table(&self) -> Arc<Table> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = last.table.upgrade()
+            && t.built.elapsed() < self.share_for
+        {
+            return t;
+        }
+        let room = |n: usize| n + n / 32;
+        let hint = last.sizes;
+        let table = Arc::new(Table::build(
+            &self.state.accounts(),
+            Sizes {
+                text: room(hint.text),
+                pools: room(hint.pools),
+                keys: room(hint.keys),
+                endpoints: room(hint.endpoints),
+                burn: room(hint.burn),
+            },
+        ));
+        last.sizes = table.sizes();
+        last.table = Arc::downgrade(&table);
+        table
     }
 
     /// The exposition text of every family.
@@ -870,19 +958,8 @@ impl Exporter {
     }
 
     fn write(&self, out: &mut Out<'_>) {
+        let table = self.table();
         let scrape = Scrape::take(&self.state);
-        let hint = *self.sizes.lock().unwrap();
-        let room = |n: usize| n + n / 32;
-        let table = Table::build(
-            &scrape.accounts,
-            Sizes {
-                text: room(hint.text),
-                pools: room(hint.pools),
-                keys: room(hint.keys),
-                endpoints: room(hint.endpoints),
-            },
-        );
-        *self.sizes.lock().unwrap() = table.sizes();
         for (spec, header) in ordered() {
             let mark = out.buf.len();
             out.buf.push_str(header);
@@ -1079,6 +1156,49 @@ billing_anchor = "2026-01-15"
         want.sort();
         assert_eq!(consumed, want);
         assert_eq!(keys, 1);
+    }
+
+    /// A scrape that starts while another is still writing from a young table shares it (and
+    /// writes the accounts as that table holds them); once no scrape uses it, or it is older
+    /// than the exporter allows, the next scrape reads the state anew. An exporter that does not
+    /// share always reads it anew.
+    #[test]
+    fn overlapping_scrapes_share_a_young_table_and_only_them() {
+        let state = state();
+        let up = |text: &str| {
+            text.contains("creditwatch_up{provider=\"fluximage\",account=\"down\"} 1\n")
+        };
+        let shared = Exporter::new(state.clone()).sharing(Duration::from_secs(3600));
+        let alone = Exporter::new(state.clone());
+        let in_flight = shared.table();
+        state.record_success(
+            "down",
+            0.1,
+            (*state.account("images").unwrap().snapshot.unwrap()).clone(),
+        );
+        assert!(
+            !up(&shared.render()),
+            "the scrape in flight's table is shared"
+        );
+        assert!(
+            up(&alone.render()),
+            "an exporter that does not share reads the state"
+        );
+        drop(in_flight);
+        assert!(
+            up(&shared.render()),
+            "no scrape uses the old table: read anew"
+        );
+
+        let young = Exporter::new(state.clone()).sharing(Duration::from_millis(1));
+        let in_flight = young.table();
+        state.record_failure("down", 0.1, "timeout", "no answer".into());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            !up(&young.render()),
+            "a table older than allowed is not shared"
+        );
+        drop(in_flight);
     }
 
     #[test]
