@@ -219,15 +219,17 @@ fn push_label(out: &mut String, name: &str, value: &str) {
     if !out.is_empty() {
         out.push(',');
     }
-    out.push_str(name);
-    out.push_str("=\"");
-    escape_into(out, value, true);
-    out.push('"');
+    push_escaped_pair(out, name, value);
 }
 
 /// Appends `,name="value"`.
 fn push_pair(out: &mut String, name: &str, value: &str) {
     out.push(',');
+    push_escaped_pair(out, name, value);
+}
+
+/// Appends `name="value"` with the value escaped.
+fn push_escaped_pair(out: &mut String, name: &str, value: &str) {
     out.push_str(name);
     out.push_str("=\"");
     escape_into(out, value, true);
@@ -301,10 +303,7 @@ impl Out<'_> {
                     b.push(',');
                 }
                 first = false;
-                b.push_str(k);
-                b.push_str("=\"");
-                escape_into(b, v, true);
-                b.push('"');
+                push_escaped_pair(b, k, v);
             }
             b.push('}');
         }
@@ -477,7 +476,7 @@ struct PoolRow {
     unit: Unit,
     bits: u16,
     values: [f64; POOL_VALUES],
-    /// Its burn rates per window: `len` entries of [`Table::burn`] from `start`.
+    /// Its burn rates per window: `burn_len` entries of [`Table::burn`] from `burn_start`.
     burn_start: u32,
     burn_len: u16,
 }
