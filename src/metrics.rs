@@ -506,8 +506,21 @@ impl PoolRow {
 struct ItemRow {
     account: u32,
     labels: Span,
-    present: u8,
+    present: u16,
     values: [f64; 4],
+}
+
+/// Each present value in its slot, and bit `i` set where slot `i` is present.
+fn packed<const N: usize>(slots: [Option<f64>; N]) -> (u16, [f64; N]) {
+    let mut bits = 0;
+    let mut values = [0.0; N];
+    for (i, x) in slots.into_iter().enumerate() {
+        if let Some(x) = x {
+            bits |= 1 << i;
+            values[i] = x;
+        }
+    }
+    (bits, values)
 }
 
 /// How many rows and bytes the last scrape's table held, so the next one allocates once.
@@ -585,19 +598,12 @@ impl Table {
                     push_pair(text, "key", &r.key);
                 });
                 let f = &p.forecast;
-                let mut row = PoolRow {
-                    account: index,
-                    labels,
-                    unit: r.unit,
-                    bits: 0,
-                    values: [0.0; POOL_VALUES],
-                    burn_start: t.burn.len() as u32,
-                    burn_len: f.burn.len() as u16,
-                };
+                let burn_start = t.burn.len() as u32;
                 for (window, v) in &f.burn {
                     let w = t.window(window);
                     t.burn.push((w, *v));
                 }
+                let mut slots = [None; POOL_VALUES];
                 for (v, x) in [
                     (PoolValue::Remaining, r.remaining),
                     (PoolValue::Used, r.used),
@@ -609,11 +615,18 @@ impl Table {
                     (PoolValue::Projected, f.projected_remaining_at_reset),
                     (PoolValue::BurnPeriod, f.burn_period),
                 ] {
-                    if let Some(x) = x {
-                        row.bits |= 1 << v as u16;
-                        row.values[v as usize] = x;
-                    }
+                    slots[v as usize] = x;
                 }
+                let (bits, values) = packed(slots);
+                let mut row = PoolRow {
+                    account: index,
+                    labels,
+                    unit: r.unit,
+                    bits,
+                    values,
+                    burn_start,
+                    burn_len: f.burn.len() as u16,
+                };
                 for (x, known, yes) in [
                     (f.exhausts_before_reset, EXHAUSTS_KNOWN, EXHAUSTS),
                     (r.available, AVAILABLE_KNOWN, AVAILABLE),
@@ -803,20 +816,14 @@ impl Table {
 }
 
 impl ItemRow {
-    fn new(account: u32, labels: Span, values: [Option<f64>; 4]) -> ItemRow {
-        let mut row = ItemRow {
+    fn new(account: u32, labels: Span, slots: [Option<f64>; 4]) -> ItemRow {
+        let (present, values) = packed(slots);
+        ItemRow {
             account,
             labels,
-            present: 0,
-            values: [0.0; 4],
-        };
-        for (i, x) in values.into_iter().enumerate() {
-            if let Some(x) = x {
-                row.present |= 1 << i;
-                row.values[i] = x;
-            }
+            present,
+            values,
         }
-        row
     }
 }
 
