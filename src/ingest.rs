@@ -374,9 +374,9 @@ impl Cursor {
 const RUN: usize = CURSOR_SAMPLES + 1;
 
 /// A cursor's samples, `(ts_ms, consumed)`, held in the cursor itself. A deque on the heap cost
-/// each cursor an allocation of its own, with the allocator's header and the deque's own fields
-/// (about 50 bytes more a cursor), and with 20,000 pools of two windows each (10,000 accounts)
-/// about 6 MiB in all. Taking the front sample shifts the rest, at most eight.
+/// each cursor an allocation of its own, with the allocator's header and the deque's own fields;
+/// with each pool's list of cursors made to size as well, peak heap at 10,000 accounts went from
+/// 49.7 to 46.8 MiB (heaptrack). Taking the front sample shifts the rest, at most eight.
 #[derive(Debug, Clone, Copy, Default)]
 struct Run {
     samples: [(i64, f64); RUN],
