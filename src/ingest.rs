@@ -313,14 +313,9 @@ impl Cursor {
             // store.
             Some(last) if ts < last.0 => self.reset(),
             Some(last) if ts == last.0 => last.1 = consumed,
-            _ if self.to_newest => {
-                if self.run.len() > CURSOR_SAMPLES {
-                    // Stop growing; the run stays contiguous, it just no longer reaches the end.
-                    self.to_newest = false;
-                } else {
-                    self.run.push((ts, consumed));
-                }
-            }
+            // Appended while there is room; once full the run stops growing: it stays
+            // contiguous, it just no longer reaches the end.
+            _ if self.to_newest => self.to_newest = self.run.push((ts, consumed)),
             // After the end of a run that stops short of the newest sample: nothing changes.
             _ => {}
         }
