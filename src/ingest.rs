@@ -38,6 +38,7 @@ use crate::config::AccountConfig;
 use crate::forecast::consumption::{Observation, consumed_between};
 use crate::forecast::{ForecastInput, Point, forecast};
 use crate::providers::Reading;
+use crate::smallmap::SmallMap;
 use crate::state::{PoolState, Snapshot};
 use crate::store::{Around, Batch, Ids, Ledger, PoolId, SampleRow, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -261,11 +262,11 @@ pub struct Tracker {
 #[derive(Default)]
 struct AccountTrack {
     /// The store's ledgers of the account (by pool id), once read.
-    ledgers: Option<HashMap<i64, Ledger>>,
+    ledgers: Option<SmallMap<i64, Ledger>>,
     /// The store's ids of the account and its pools.
     ids: Ids,
     /// Each pool's cursors (by pool id), one per burn window.
-    cursors: HashMap<i64, Vec<Cursor>>,
+    cursors: SmallMap<i64, Vec<Cursor>>,
     /// Polled since the store's generation last changed; accounts that were not are forgotten
     /// then (removed by a reload, or polled less than hourly), and read again if they return.
     recent: bool,
@@ -569,7 +570,7 @@ impl Tracker {
                 Err(e) => ledger_error = Some(e),
             }
         }
-        let no_ledgers = HashMap::new();
+        let no_ledgers = SmallMap::new();
         let ledgers = track.ledgers.as_ref().unwrap_or(&no_ledgers);
         let ids = &track.ids;
         let mut rows = Vec::with_capacity(reading.pools.len());
@@ -698,7 +699,7 @@ fn remember(
     }
     // Written; if the commit fails, the ledgers below become the floors (`forget_uncommitted`).
     track.floors = None;
-    let ledgers = track.ledgers.get_or_insert_with(HashMap::new);
+    let ledgers = track.ledgers.get_or_insert_with(SmallMap::new);
     for (r, &pid) in rows.iter().zip(pids) {
         // Every written row's pool has an id now.
         let Some(p) = pid.or_else(|| track.ids.pool(&r.id)) else {
@@ -710,7 +711,7 @@ fn remember(
             period_start_ms: r.period_start_ms,
         };
         // As the store's upsert does: first_seen only when the ledger is new.
-        let l = ledgers.entry(p).or_insert_with(|| Ledger {
+        let l = ledgers.get_or_insert_with(p, || Ledger {
             unit: r.unit.clone(),
             first_seen_ms: r.ts_ms,
             last_ts_ms: r.ts_ms,
@@ -844,7 +845,7 @@ fn move_cursors(
         let Some(p) = pid else {
             continue;
         };
-        let cursors = track.cursors.entry(p).or_default();
+        let cursors = track.cursors.get_or_insert_with(p, Vec::new);
         for (w, &from) in starts.iter().enumerate() {
             if !cursor(cursors, row.ts_ms - from).advance(from) {
                 stale[w].insert(p);
@@ -879,7 +880,7 @@ fn fill_cursors(
     now_ms: i64,
 ) -> Result<(), StoreError> {
     for (p, around) in batch.refill(account_id, pools, from, CURSOR_SAMPLES)? {
-        cursor(track.cursors.entry(p).or_default(), now_ms - from).fill(around);
+        cursor(track.cursors.get_or_insert_with(p, Vec::new), now_ms - from).fill(around);
     }
     Ok(())
 }
@@ -912,7 +913,7 @@ fn window_points(
     if unread.contains(&pool_id) {
         return false;
     }
-    let cursors = track.cursors.entry(pool_id).or_default();
+    let cursors = track.cursors.get_or_insert_with(pool_id, Vec::new);
     for &from in starts {
         cursor(cursors, row.ts_ms - from).points(from, out);
     }

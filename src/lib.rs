@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod runbook;
 pub mod secret;
 pub mod server;
+pub mod smallmap;
 pub mod state;
 pub mod status;
 pub mod store;

@@ -257,7 +257,7 @@ pub struct SampleRow {
 #[derive(Debug, Default)]
 pub struct Ids {
     account: Option<i64>,
-    pools: foldhash::HashMap<PoolId, i64>,
+    pools: crate::smallmap::SmallMap<PoolId, i64>,
 }
 
 impl Ids {
@@ -1080,8 +1080,8 @@ impl Batch<'_> {
         &self,
         account: &str,
         ids: &mut Ids,
-    ) -> Result<foldhash::HashMap<i64, Ledger>, StoreError> {
-        let mut out = foldhash::HashMap::default();
+    ) -> Result<crate::smallmap::SmallMap<i64, Ledger>, StoreError> {
+        let mut out = crate::smallmap::SmallMap::new();
         ledgers_in(self.conn, account, |a, p, id, ledger| {
             ids.account = Some(a);
             ids.pools.insert(id, p);
