@@ -3,7 +3,7 @@
 use crate::providers::PollError;
 use bytes::{Bytes, BytesMut};
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderValue, RETRY_AFTER};
 use std::time::Duration;
 
 /// `User-Agent` sent upstream, so providers can see who is polling.
@@ -32,7 +32,9 @@ impl HttpClient {
 #[derive(Debug)]
 pub struct Fetched {
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    /// The one header a poll reads. Kept alone rather than cloning the whole header map, which
+    /// cost every poll an allocation per header.
+    pub retry_after: Option<HeaderValue>,
     pub body: Bytes,
 }
 
@@ -42,7 +44,7 @@ pub struct Fetched {
 pub async fn fetch(req: reqwest::RequestBuilder, max_bytes: u64) -> Result<Fetched, PollError> {
     let mut resp = req.send().await.map_err(transport_error)?;
     let status = resp.status();
-    let headers = resp.headers().clone();
+    let retry_after = resp.headers().get(RETRY_AFTER).cloned();
     if let Some(len) = resp.content_length()
         && len > max_bytes
     {
@@ -62,7 +64,7 @@ pub async fn fetch(req: reqwest::RequestBuilder, max_bytes: u64) -> Result<Fetch
     }
     Ok(Fetched {
         status,
-        headers,
+        retry_after,
         body: body.freeze(),
     })
 }
@@ -108,7 +110,7 @@ impl Fetched {
         Err(match status {
             401 | 403 => PollError::Auth { status, detail },
             429 => PollError::RateLimited {
-                retry_after: retry_after(&self.headers, chrono::Utc::now()),
+                retry_after: retry_after(self.retry_after.as_ref(), chrono::Utc::now()),
                 detail,
             },
             _ => PollError::Http { status, detail },
@@ -116,9 +118,12 @@ impl Fetched {
     }
 }
 
-/// Reads `Retry-After` as delay-seconds or an HTTP date.
-pub fn retry_after(headers: &HeaderMap, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+/// Reads a `Retry-After` value as delay-seconds or an HTTP date.
+pub fn retry_after(
+    value: Option<&HeaderValue>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Duration> {
+    let v = value?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -146,16 +151,17 @@ mod tests {
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc);
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, "120".parse().unwrap());
-        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(120)));
-        h.insert(
-            RETRY_AFTER,
-            "Sat, 21 Nov 2026 10:01:30 GMT".parse().unwrap(),
+        let v = |s: &str| Some(HeaderValue::from_str(s).unwrap());
+        assert_eq!(
+            retry_after(v("120").as_ref(), now),
+            Some(Duration::from_secs(120))
         );
-        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(90)));
-        h.insert(RETRY_AFTER, "soon".parse().unwrap());
-        assert_eq!(retry_after(&h, now), None);
+        assert_eq!(
+            retry_after(v("Sat, 21 Nov 2026 10:01:30 GMT").as_ref(), now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(retry_after(v("soon").as_ref(), now), None);
+        assert_eq!(retry_after(None, now), None);
     }
 
     #[test]

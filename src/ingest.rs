@@ -44,7 +44,7 @@ use crate::store::{Around, Batch, Ids, Ledger, PoolId, SampleRow, Store, StoreEr
 use chrono::{DateTime, Utc};
 // Keys are the store's own integer ids and names: foldhash is several times cheaper than the
 // default SipHash for them, and its per-process seed still keeps collisions from being chosen.
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -274,7 +274,8 @@ struct AccountTrack {
     /// write succeeds, no total goes below them. Counted again from the older ledger, an
     /// interval with a reset or a top-up in it can come out lower than the steps served
     /// ([`consumed_between`] does not add up across them), and `consumed_total` is a counter.
-    floors: Option<HashMap<PoolId, f64>>,
+    /// Boxed: nearly every account has none, and the writer holds one of these per account.
+    floors: Option<Box<HashMap<PoolId, f64>>>,
 }
 
 /// A contiguous run of one pool's samples, `(ts_ms, consumed)` oldest first, around the start
@@ -691,7 +692,7 @@ fn remember(
         track.ledgers = None;
         track.cursors.clear();
         // The totals were served (or are about to be): keep them as floors.
-        let floors = track.floors.get_or_insert_with(HashMap::new);
+        let floors = track.floors.get_or_insert_with(Default::default);
         for r in rows {
             raise_floor(floors, &r.id, r.consumed);
         }
