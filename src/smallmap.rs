@@ -78,10 +78,6 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
         self.position(key).map(|i| &mut self.entries[i].1)
     }
 
-    pub fn contains_key(&self, key: &K) -> bool {
-        self.position(key).is_some()
-    }
-
     /// Sets `key` to `value`; the value it replaces, if any.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         match self.position(&key) {
@@ -179,10 +175,6 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
 
     pub fn keys(&self) -> impl Iterator<Item = &K> {
         self.entries.iter().map(|(k, _)| k)
-    }
-
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.entries.iter_mut().map(|(_, v)| v)
     }
 }
 
