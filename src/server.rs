@@ -136,6 +136,35 @@ pub const STATUS_PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'
 pub struct PageQuery {
     /// Reload every this many seconds instead of every poll interval; 0 turns reloading off.
     refresh: Option<u64>,
+    /// Which page of pools and accounts, from 1.
+    page: Option<usize>,
+    /// How many pools and accounts a page shows.
+    per_page: Option<usize>,
+    /// Only this account.
+    account: Option<String>,
+}
+
+impl PageQuery {
+    /// The view asked for, or what is wrong with the query.
+    fn view(self) -> Result<status::View, String> {
+        let page = self.page.unwrap_or(1);
+        if page == 0 {
+            return Err("Bad query: page must be 1 or more (pages count from 1)\n".into());
+        }
+        let per_page = self.per_page.unwrap_or(status::DEFAULT_PER_PAGE);
+        if !(1..=status::MAX_PER_PAGE).contains(&per_page) {
+            return Err(format!(
+                "Bad query: per_page must be between 1 and {}, not {per_page}\n",
+                status::MAX_PER_PAGE
+            ));
+        }
+        Ok(status::View {
+            page,
+            per_page,
+            account: self.account,
+            refresh: self.refresh,
+        })
+    }
 }
 
 async fn landing(Extract(web): Extract<Arc<Web>>, Query(query): Query<PageQuery>) -> Response {
@@ -145,16 +174,31 @@ async fn landing(Extract(web): Extract<Arc<Web>>, Query(query): Query<PageQuery>
         Some(n) => Some(n),
         None => Some(status::refresh_seconds(&accounts)),
     };
+    let view = match query.view() {
+        Ok(v) => v,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    if let Some(name) = &view.account
+        && !accounts.iter().any(|a| *a.name == **name)
+    {
+        // Not escaped for HTML: the answer is plain text.
+        return (
+            StatusCode::NOT_FOUND,
+            format!("No account is named {name:?}\n"),
+        )
+            .into_response();
+    }
     let now = web.clock.now();
     let store = web.store.clone();
     // History reads are blocking SQLite queries; the page is cheap enough to build on the
     // blocking pool too.
     let page = tokio::task::spawn_blocking(move || {
-        let histories = status::gather(&store, &accounts).unwrap_or_else(|e| {
+        let page = status::select(&accounts, view);
+        let histories = status::gather(&store, &page).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "status page: cannot read chart history");
             Default::default()
         });
-        status::render(&accounts, &histories, now, refresh, crate::metrics::VERSION)
+        status::render(&page, &histories, now, refresh, crate::metrics::VERSION)
     })
     .await;
     match page {

@@ -25,29 +25,165 @@ const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Each pool's `remaining` history, keyed by account and pool.
 pub type Histories = HashMap<(String, PoolId), Vec<(i64, f64)>>;
 
-/// Reads the chart history of every pool with a `remaining`: the forecast window before the
-/// pool's last reading. Runs blocking store queries.
-pub fn gather(store: &Store, accounts: &[Arc<AccountState>]) -> Result<Histories, StoreError> {
+/// Reads the chart history of each pool on the page that has a `remaining`: the forecast window
+/// before the pool's last reading. Runs blocking store queries, one per pool, so only the page's
+/// pools are read.
+pub fn gather(store: &Store, page: &Page<'_>) -> Result<Histories, StoreError> {
     let mut out = Histories::new();
-    for a in accounts {
-        let name = &a.name;
+    for &(a, p) in &page.pools {
         let Some(snap) = &a.snapshot else { continue };
+        if p.reading.remaining.is_none() {
+            continue;
+        }
         let window = window_of(a);
         let until = snap.at.timestamp_millis();
         let since = until - window.as_millis() as i64;
-        for p in &snap.pools {
-            if p.reading.remaining.is_none() {
-                continue;
-            }
-            let id = PoolId {
-                pool: p.reading.pool.clone(),
-                key: p.reading.key.clone(),
-            };
-            let h = store.remaining_history(name, &id, since, until, MAX_CHART_POINTS)?;
-            out.insert((name.to_string(), id), h);
-        }
+        let id = PoolId {
+            pool: p.reading.pool.clone(),
+            key: p.reading.key.clone(),
+        };
+        let h = store.remaining_history(&a.name, &id, since, until, MAX_CHART_POINTS)?;
+        out.insert((a.name.to_string(), id), h);
     }
     Ok(out)
+}
+
+/// Pools (cards) and accounts (table rows) a page shows when the query does not say.
+pub const DEFAULT_PER_PAGE: usize = 100;
+/// The most a page may show of each: a card is about 2.3 KB of HTML and a chart history to read.
+pub const MAX_PER_PAGE: usize = 1000;
+
+/// Which part of the page to show: the query's `page`, `per_page` and `account`.
+///
+/// At 10,000 accounts the whole page was 46 MB of HTML (20,000 cards) and took seconds to build,
+/// read every pool's history and held them all in memory; a browser cannot use it either. The
+/// cards come most urgent first, so page 1 is the one to look at, and the accounts' table lists
+/// the accounts that are down first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// 1-based.
+    pub page: usize,
+    pub per_page: usize,
+    /// Only this account's pools and row.
+    pub account: Option<String>,
+    /// The query's `refresh`, kept in the page's links.
+    pub refresh: Option<u64>,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View {
+            page: 1,
+            per_page: DEFAULT_PER_PAGE,
+            account: None,
+            refresh: None,
+        }
+    }
+}
+
+/// One page: its share of the pools (most urgent first) and of the accounts (down first), with
+/// the totals it was cut from.
+pub struct Page<'a> {
+    pub view: View,
+    /// This page's pools, in order.
+    pub pools: Vec<(&'a AccountState, &'a PoolState)>,
+    /// This page's accounts, in order.
+    pub accounts: Vec<&'a AccountState>,
+    /// Pools and accounts the view matches, over all pages.
+    pub matching_pools: usize,
+    pub matching_accounts: usize,
+    /// Every account and pool, and the accounts down, whatever the view.
+    pub all_accounts: usize,
+    pub all_pools: usize,
+    pub down: usize,
+    /// How many pages the view has (at least 1).
+    pub pages: usize,
+}
+
+/// Sort key of a pool: when it runs out; pools that never do go last.
+fn runs_out_at(p: &PoolState) -> f64 {
+    p.forecast.exhaustion.unwrap_or(f64::INFINITY)
+}
+
+/// Chooses what `view` shows of `accounts`. Sorting is by reference, so only the page's cards
+/// are ever built.
+pub fn select<'a>(accounts: &'a [Arc<AccountState>], view: View) -> Page<'a> {
+    let wanted = |a: &AccountState| view.account.as_deref().is_none_or(|n| *a.name == *n);
+    let mut pools: Vec<(&AccountState, &PoolState)> = Vec::new();
+    let mut all_pools = 0;
+    for a in accounts {
+        let Some(snap) = &a.snapshot else { continue };
+        all_pools += snap.pools.len();
+        if wanted(a) {
+            pools.extend(snap.pools.iter().map(|p| (&**a, p)));
+        }
+    }
+    // Soonest exhaustion first; ties (and pools that never run out) by name, so the order is
+    // stable from one reload to the next.
+    pools.sort_by(|(a, p), (b, q)| {
+        runs_out_at(p)
+            .total_cmp(&runs_out_at(q))
+            .then_with(|| a.name.cmp(&b.name))
+            .then_with(|| p.reading.pool.cmp(&q.reading.pool))
+            .then_with(|| p.reading.key.cmp(&q.reading.key))
+    });
+    // Down first, then waiting for a first poll, then up; in config order within each.
+    let rank = |a: &AccountState| match (a.attempts, a.up) {
+        (_, false) if a.attempts > 0 => 0,
+        (0, _) => 1,
+        _ => 2,
+    };
+    let mut listed: Vec<&AccountState> = accounts
+        .iter()
+        .map(|a| &**a)
+        .filter(|a| wanted(a))
+        .collect();
+    listed.sort_by_key(|a| rank(a));
+    let (matching_pools, matching_accounts) = (pools.len(), listed.len());
+    let pages = matching_pools
+        .max(matching_accounts)
+        .div_ceil(view.per_page)
+        .max(1);
+    let slice = |n: usize| {
+        let start = (view.page - 1).saturating_mul(view.per_page).min(n);
+        start..(start + view.per_page).min(n)
+    };
+    let pools = pools.drain(slice(matching_pools)).collect();
+    let accounts_shown = listed.drain(slice(matching_accounts)).collect();
+    Page {
+        pools,
+        accounts: accounts_shown,
+        matching_pools,
+        matching_accounts,
+        all_accounts: accounts.len(),
+        all_pools,
+        down: accounts.iter().filter(|a| a.attempts > 0 && !a.up).count(),
+        pages,
+        view,
+    }
+}
+
+/// The query string of `view` at `page`, with `refresh` as asked, for the page's links.
+fn link(view: &View, page: usize) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    if let Some(a) = &view.account {
+        q.append_pair("account", a);
+    }
+    if page != 1 {
+        q.append_pair("page", &page.to_string());
+    }
+    if view.per_page != DEFAULT_PER_PAGE {
+        q.append_pair("per_page", &view.per_page.to_string());
+    }
+    if let Some(r) = view.refresh {
+        q.append_pair("refresh", &r.to_string());
+    }
+    let q = q.finish();
+    if q.is_empty() {
+        "/".into()
+    } else {
+        format!("/?{q}")
+    }
 }
 
 fn window_of(a: &AccountState) -> Duration {
@@ -101,11 +237,6 @@ impl Card<'_> {
         &self.pool.forecast
     }
 
-    /// Sort key: when the pool runs out; pools that never do go last.
-    fn runs_out_at(&self) -> f64 {
-        self.forecast().exhaustion.unwrap_or(f64::INFINITY)
-    }
-
     fn state(&self) -> (&'static str, &'static str) {
         let r = &self.pool.reading;
         let Some(rem) = r.remaining else {
@@ -128,49 +259,38 @@ impl Card<'_> {
     }
 }
 
-/// Renders the whole page; it reloads itself every `refresh` seconds, or never with `None`.
+/// Renders one page; it reloads itself every `refresh` seconds, or never with `None`.
 pub fn render(
-    accounts: &[Arc<AccountState>],
+    page: &Page<'_>,
     histories: &Histories,
     now: DateTime<Utc>,
     refresh: Option<u64>,
     version: &str,
 ) -> String {
-    let mut cards = Vec::new();
-    for a in accounts {
+    let cards = page.pools.iter().map(|&(a, p)| {
         let name = &*a.name;
-        let Some(snap) = &a.snapshot else { continue };
-        for p in &snap.pools {
-            let id = PoolId {
-                pool: p.reading.pool.clone(),
-                key: p.reading.key.clone(),
-            };
-            cards.push(Card {
-                account: name,
-                provider: a.provider,
-                up: a.up,
-                at: snap.at,
-                window: window_of(a),
-                window_label: a
-                    .forecast_window
-                    .as_ref()
-                    .map(|w| w.label.to_string())
-                    .unwrap_or_else(|| "24h".into()),
-                pool: p,
-                history: histories
-                    .get(&(name.to_string(), id))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]),
-            });
+        let id = PoolId {
+            pool: p.reading.pool.clone(),
+            key: p.reading.key.clone(),
+        };
+        Card {
+            account: name,
+            provider: a.provider,
+            up: a.up,
+            // Every pool listed comes from a snapshot.
+            at: a.snapshot.as_ref().map_or(now, |s| s.at),
+            window: window_of(a),
+            window_label: a
+                .forecast_window
+                .as_ref()
+                .map(|w| w.label.to_string())
+                .unwrap_or_else(|| "24h".into()),
+            pool: p,
+            history: histories
+                .get(&(name.to_string(), id))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
         }
-    }
-    // Soonest exhaustion first; ties (and pools that never run out) by name, so the order is stable.
-    cards.sort_by(|a, b| {
-        a.runs_out_at()
-            .total_cmp(&b.runs_out_at())
-            .then_with(|| a.account.cmp(b.account))
-            .then_with(|| a.pool.reading.pool.cmp(&b.pool.reading.pool))
-            .then_with(|| a.pool.reading.key.cmp(&b.pool.reading.key))
     });
 
     let (refresh_meta, refresh_note) = match refresh {
@@ -180,9 +300,8 @@ pub fn render(
         ),
         None => (String::new(), "auto-refresh off".to_string()),
     };
-    let down = accounts.iter().filter(|a| a.attempts > 0 && !a.up).count();
-    // One buffer for the whole page, cards written into it: at 10,000 accounts the cards alone
-    // are about 50 MB, and a page assembled from parts held them twice.
+    let down = page.down;
+    // One buffer for the whole page, cards written into it.
     let mut out = format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -195,10 +314,9 @@ pub fn render(
 <nav><a href="/metrics">metrics</a> <a href="/-/healthy">healthy</a> <a href="/-/ready">ready</a> <a href="/runbook">runbook</a></nav>
 </header>
 <main>
-<section class="cards">
 "#,
-        pools = cards.len(),
-        accts = accounts.len(),
+        pools = group(page.all_pools as f64, 0),
+        accts = group(page.all_accounts as f64, 0),
         down_note = if down > 0 {
             format!(", <span class=\"bad-text\">{down} down</span>")
         } else {
@@ -206,24 +324,102 @@ pub fn render(
         },
         now = esc(&fmt_time(now)),
     );
-    if cards.is_empty() {
-        out.push_str("<p class=\"empty\">No pool has been read yet: waiting for the first successful poll.</p>\n");
+    pager(&mut out, page);
+    out.push_str("<section class=\"cards\">\n");
+    if page.pools.is_empty() {
+        let empty = if page.view.page > page.pages {
+            format!(
+                "Page {} is past the last page ({}): <a href=\"{}\">first page</a>.",
+                page.view.page,
+                page.pages,
+                esc(&link(&page.view, 1))
+            )
+        } else if page.matching_pools == 0 && page.view.account.is_some() {
+            "This account has no pool yet: waiting for its first successful poll.".to_string()
+        } else {
+            "No pool has been read yet: waiting for the first successful poll.".to_string()
+        };
+        let _ = writeln!(out, "<p class=\"empty\">{empty}</p>");
     }
-    for c in &cards {
-        card(&mut out, c, now);
+    for c in cards {
+        card(&mut out, &c, now);
     }
     let _ = write!(
         out,
         r#"</section>
 <h2>Accounts</h2>
-{table}</main>
+{table}"#,
+        table = accounts_table(&page.accounts, page.view.refresh),
+    );
+    pager(&mut out, page);
+    let _ = write!(
+        out,
+        r#"</main>
 <footer>creditwatch {version}. Dates are UTC. Charts: remaining over the forecast window (left of the “now” line), then projected at the forecast burn to the next reset (dashed).</footer>
 </body></html>
 "#,
-        table = accounts_table(accounts),
         version = esc(version),
     );
     out
+}
+
+/// Which pools and accounts of how many the page shows, and links to the pages around it;
+/// nothing when everything fits on one page and no account is picked.
+fn pager(out: &mut String, page: &Page<'_>) {
+    let v = &page.view;
+    if page.pages == 1 && v.account.is_none() {
+        return;
+    }
+    let range = |shown: usize, total: usize| {
+        let first = (v.page - 1).saturating_mul(v.per_page);
+        if shown == 0 {
+            format!("none of {}", group(total as f64, 0))
+        } else {
+            format!(
+                "{}–{} of {}",
+                group((first + 1) as f64, 0),
+                group((first + shown) as f64, 0),
+                group(total as f64, 0)
+            )
+        }
+    };
+    out.push_str("<nav class=\"pager\">");
+    if let Some(a) = &v.account {
+        let all = View {
+            account: None,
+            page: 1,
+            ..v.clone()
+        };
+        let _ = write!(
+            out,
+            "Account <b>{}</b> only (<a href=\"{}\">every account</a>) · ",
+            esc(a),
+            esc(&link(&all, 1))
+        );
+    }
+    let _ = write!(
+        out,
+        "Pools {} · accounts {} · page {} of {}",
+        range(page.pools.len(), page.matching_pools),
+        range(page.accounts.len(), page.matching_accounts),
+        v.page,
+        page.pages
+    );
+    for (label, rel, to) in [
+        ("first", "first", 1),
+        ("previous", "prev", v.page.saturating_sub(1)),
+        ("next", "next", v.page + 1),
+        ("last", "last", page.pages),
+    ] {
+        if to >= 1 && to <= page.pages && to != v.page {
+            let _ = write!(
+                out,
+                " <a rel=\"{rel}\" href=\"{}\">{label}</a>",
+                esc(&link(v, to))
+            );
+        }
+    }
+    out.push_str("</nav>\n");
 }
 
 fn card(out: &mut String, c: &Card<'_>, now: DateTime<Utc>) {
@@ -528,10 +724,15 @@ fn short_date(t: f64) -> String {
         .unwrap_or_default()
 }
 
-fn accounts_table(accounts: &[Arc<AccountState>]) -> String {
+fn accounts_table(accounts: &[&AccountState], refresh: Option<u64>) -> String {
     let mut rows = String::new();
     for a in accounts {
         let name = &a.name;
+        let only = View {
+            account: Some(name.to_string()),
+            refresh,
+            ..View::default()
+        };
         let (class, status) = match (a.attempts, a.up) {
             (0, _) => ("pending", "waiting for first poll"),
             (_, true) => ("up", "up"),
@@ -544,8 +745,9 @@ fn accounts_table(accounts: &[Arc<AccountState>]) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             rows,
-            "<tr data-account=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{status}</td><td>{}</td><td>{}</td></tr>",
+            "<tr data-account=\"{}\"><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td class=\"{class}\">{status}</td><td>{}</td><td>{}</td></tr>",
             esc(name),
+            esc(&link(&only, 1)),
             esc(name),
             esc(a.provider),
             esc(&plan),
@@ -588,6 +790,7 @@ table{border-collapse:collapse;background:var(--card);width:100%}\
 td,th{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}td:first-child,td:last-child{overflow-wrap:anywhere}\
 .up{color:var(--ok)}.down,.bad-text{color:var(--bad)}.pending{color:var(--muted)}\
 .empty{color:var(--muted)}\
+.pager{margin:12px 0;color:var(--muted)}.pager a{margin-left:8px}\
 footer{color:var(--muted);font-size:12px}";
 
 #[cfg(test)]

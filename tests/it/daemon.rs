@@ -168,6 +168,149 @@ async fn landing_health_and_ready_endpoints() {
     app.stop().await;
 }
 
+/// The cards' `(account, pool)` in page order.
+fn card_ids(page: &str) -> Vec<(String, String)> {
+    let attr = |tag: &str, name: &str| {
+        let start = tag.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        tag[start..][..tag[start..].find('"').unwrap()].to_string()
+    };
+    page.split("<article class=\"card")
+        .skip(1)
+        .map(|c| (attr(c, "data-account"), attr(c, "data-pool")))
+        .collect()
+}
+
+/// The accounts' table rows, in order.
+fn table_rows(page: &str) -> Vec<String> {
+    page.split("<tr data-account=\"")
+        .skip(1)
+        .map(|r| r[..r.find('"').unwrap()].to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_status_page_is_paged_and_filtered_by_account() {
+    let up = serving(DOCUMENTED, Duration::ZERO).await;
+    let broken = MockServer::start().await;
+    Mock::given(path("/api/usage"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&broken)
+        .await;
+    // Five accounts with two pools each, and one that is down (listed last in the config).
+    let names = ["a1", "a2", "a3", "a4", "x <y> & \"z\""];
+    let mut cfg: String = names
+        .iter()
+        .map(|n| account(&n.replace('"', "\\\""), &up.uri(), "1m", "15s"))
+        .collect();
+    cfg.push_str(&account("down", &broken.uri(), "1m", "15s"));
+    let app = spawn(&cfg, manual_clock()).await;
+    for n in names.iter().chain(&["down"]) {
+        app.wait_polls(n, 1).await;
+    }
+
+    // Everything fits on the default page: no pager.
+    let (status, whole) = app.get("/?refresh=0").await;
+    assert_eq!(status, 200);
+    let all = card_ids(&whole);
+    assert_eq!(all.len(), 10, "{all:?}");
+    assert!(!whole.contains("class=\"pager\""));
+    assert_eq!(table_rows(&whole).len(), 6);
+    assert_eq!(
+        table_rows(&whole)[0],
+        "down",
+        "down accounts are listed first"
+    );
+
+    // Three to a page: four pages of pools (and two of accounts), in the same order as the
+    // whole page, each pool once.
+    let (status, first) = app.get("/?per_page=3&refresh=0").await;
+    assert_eq!(status, 200);
+    assert!(
+        first.contains("Pools 1–3 of 10 · accounts 1–3 of 6 · page 1 of 4"),
+        "{first}"
+    );
+    assert!(
+        first.contains("<a rel=\"next\" href=\"/?page=2&amp;per_page=3&amp;refresh=0\">next</a>")
+    );
+    assert!(
+        first.contains("<a rel=\"last\" href=\"/?page=4&amp;per_page=3&amp;refresh=0\">last</a>")
+    );
+    assert!(!first.contains("rel=\"prev\""));
+    assert!(first.contains("1 down"), "the summary counts every account");
+    assert_eq!(table_rows(&first), ["down", "a1", "a2"]);
+    let mut paged = Vec::new();
+    for n in 1..=4 {
+        let (status, page) = app.get(&format!("/?page={n}&per_page=3")).await;
+        assert_eq!(status, 200);
+        let ids = card_ids(&page);
+        assert_eq!(ids.len(), if n == 4 { 1 } else { 3 }, "page {n}");
+        assert_eq!(
+            table_rows(&page).len(),
+            match n {
+                1 | 2 => 3,
+                _ => 0,
+            },
+            "page {n}"
+        );
+        paged.extend(ids);
+    }
+    assert_eq!(paged, all);
+    let (status, past) = app.get("/?page=9&per_page=3").await;
+    assert_eq!(status, 200);
+    assert!(past.contains("Page 9 is past the last page (4)"), "{past}");
+    assert!(card_ids(&past).is_empty());
+
+    // One account, by a name that needs escaping in the URL and in HTML.
+    let (status, one) = app
+        .get("/?account=x%20%3Cy%3E%20%26%20%22z%22&refresh=0")
+        .await;
+    assert_eq!(status, 200);
+    let ids = card_ids(&one);
+    assert_eq!(ids.len(), 2);
+    assert!(
+        ids.iter()
+            .all(|(a, _)| a == "x &lt;y&gt; &amp; &quot;z&quot;"),
+        "{ids:?}"
+    );
+    assert_eq!(table_rows(&one), ["x &lt;y&gt; &amp; &quot;z&quot;"]);
+    assert!(
+        one.contains("<a href=\"/?refresh=0\">every account</a>"),
+        "{one}"
+    );
+    assert!(
+        whole.contains("<a href=\"/?account=x+%3Cy%3E+%26+%22z%22&amp;refresh=0\">x &lt;y&gt; &amp; &quot;z&quot;</a>"),
+        "each account in the table links to its own page"
+    );
+    let (status, down) = app.get("/?account=down").await;
+    assert_eq!(status, 200);
+    assert!(card_ids(&down).is_empty());
+    assert!(down.contains("This account has no pool yet"));
+    assert_eq!(table_rows(&down), ["down"]);
+
+    // A query that cannot be served says what is wrong with it.
+    let (status, body) = app.get("/?account=nope").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (404, "No account is named \"nope\"\n")
+    );
+    let (status, body) = app.get("/?page=0").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        "Bad query: page must be 1 or more (pages count from 1)\n"
+    );
+    let (status, body) = app.get("/?per_page=1001").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        "Bad query: per_page must be between 1 and 1000, not 1001\n"
+    );
+    let (status, body) = app.get("/?page=two").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("page"), "{body}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn reload_adds_accounts_and_keeps_the_old_config_when_invalid() {
     let up = serving(DOCUMENTED, Duration::ZERO).await;
