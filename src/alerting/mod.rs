@@ -139,6 +139,8 @@ async fn evaluate_loop(
     let mut tick = tokio::time::interval(config.evaluation_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let resend_delta = config.evaluation_interval.max(ALERTMANAGER_RESEND);
+    // The last evaluation's pool count, so the next one sizes its table once.
+    let mut pools = 0;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -147,9 +149,11 @@ async fn evaluate_loop(
         let now = deps.clock.now();
         // Off the runtime's workers: at 10,000 accounts this reads 400,000 series.
         let reader = exporter.clone();
-        let samples = tokio::task::spawn_blocking(move || Samples::from_exporter(&reader))
-            .await
-            .expect("reading the exposition does not panic");
+        let samples =
+            tokio::task::spawn_blocking(move || Samples::from_exporter_sized(&reader, pools))
+                .await
+                .expect("reading the exposition does not panic");
+        pools = samples.pool_count();
         let ev = rules::evaluate(
             &samples,
             now.timestamp_millis() as f64 / 1000.0,

@@ -196,8 +196,8 @@ pub(crate) fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
 /// How the alerts read a family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
-    /// By pool: provider, account, pool, key.
-    Pool,
+    /// By pool (provider, account, pool, key), in this slot of [`PoolRow::values`].
+    Pool(usize),
     /// By account: provider, account.
     Account,
     /// By account, each series with its `reason`.
@@ -206,30 +206,68 @@ enum Shape {
     Key,
 }
 
+/// The pool families the alerts read, each a slot of [`PoolRow::values`]; the per-unit ones
+/// take one slot per unit, in the order of [`UNITS`].
+const POOL_FAMILIES: [&str; 11] = [
+    "creditwatch_remaining_ratio",
+    "creditwatch_exhausts_before_reset",
+    "creditwatch_exhaustion_timestamp_seconds",
+    "creditwatch_reset_timestamp_seconds",
+    "creditwatch_period_start_timestamp_seconds",
+    "creditwatch_remaining_credits",
+    "creditwatch_remaining_usd",
+    "creditwatch_limit_credits",
+    "creditwatch_limit_usd",
+    "creditwatch_projected_remaining_at_reset_credits",
+    "creditwatch_projected_remaining_at_reset_usd",
+];
+const RATIO: usize = 0;
+const EXHAUSTS: usize = 1;
+const EXHAUSTION: usize = 2;
+const RESET: usize = 3;
+const PERIOD_START: usize = 4;
+/// The first slot of a per-unit family; its units follow.
+const REMAINING: usize = 5;
+const LIMIT: usize = 7;
+const PROJECTED: usize = 9;
+
 /// The families the alerts read, and how. Every other family is skipped when an exposition is
 /// read: at 10,000 accounts the burn rates, totals and key counters alone are most of it.
 fn shape(name: &str) -> Option<Shape> {
+    if let Some(slot) = POOL_FAMILIES.iter().position(|f| *f == name) {
+        return Some(Shape::Pool(slot));
+    }
     match name {
-        "creditwatch_remaining_ratio"
-        | "creditwatch_exhausts_before_reset"
-        | "creditwatch_exhaustion_timestamp_seconds"
-        | "creditwatch_reset_timestamp_seconds"
-        | "creditwatch_period_start_timestamp_seconds" => Some(Shape::Pool),
         "creditwatch_up"
         | "creditwatch_last_success_timestamp_seconds"
         | "creditwatch_account_info" => Some(Shape::Account),
         "creditwatch_scrape_errors_total" => Some(Shape::Reasons),
         "creditwatch_key_active" | "creditwatch_key_expiry_timestamp_seconds" => Some(Shape::Key),
-        _ => {
-            let unit = [
-                "creditwatch_remaining_",
-                "creditwatch_limit_",
-                "creditwatch_projected_remaining_at_reset_",
-            ]
+        _ => None,
+    }
+}
+
+/// Every value the alerts read of one pool: slot `i` of `values` holds
+/// [`POOL_FAMILIES`]`[i]` when bit `i` of `present` is set.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct PoolRow {
+    present: u16,
+    values: [f64; POOL_FAMILIES.len()],
+}
+
+impl PoolRow {
+    fn get(&self, slot: usize) -> Option<f64> {
+        (self.present & (1 << slot) != 0).then_some(self.values[slot])
+    }
+
+    /// A per-unit family's value and its unit (the last unit present, as a later series of
+    /// the same pool would overwrite an earlier one).
+    fn in_unit(&self, first: usize) -> Option<(f64, &'static str)> {
+        UNITS
             .iter()
-            .find_map(|p| name.strip_prefix(p))?;
-            UNITS.contains(&unit).then_some(Shape::Pool)
-        }
+            .enumerate()
+            .rev()
+            .find_map(|(i, u)| self.get(first + i).map(|v| (v, *u)))
     }
 }
 
@@ -239,7 +277,9 @@ fn shape(name: &str) -> Option<Shape> {
 pub struct Samples {
     /// Every label value kept, once each.
     symbols: HashSet<Sym>,
-    pools: HashMap<String, HashMap<PoolKey, f64>>,
+    /// One row per pool with every pool family's value: at 10,000 accounts a map per family
+    /// (and a merged copy per unit) was 27 MiB of hash tables at each evaluation's peak.
+    pools: HashMap<PoolKey, PoolRow>,
     accounts: HashMap<String, HashMap<AccountKey, f64>>,
     /// Each account's series with their `reason`, in exposition order.
     reasons: HashMap<String, HashMap<AccountKey, Vec<(Sym, f64)>>>,
@@ -248,7 +288,6 @@ pub struct Samples {
 }
 
 /// What a family without series reads as.
-static NO_POOLS: LazyLock<HashMap<PoolKey, f64>> = LazyLock::new(HashMap::new);
 static NO_ACCOUNTS: LazyLock<HashMap<AccountKey, f64>> = LazyLock::new(HashMap::new);
 
 fn intern(symbols: &mut HashSet<Sym>, v: &str) -> Sym {
@@ -279,7 +318,17 @@ impl Samples {
     /// Reads the exporter's series as it writes them, chunk by chunk: neither the whole
     /// exposition (40 MiB at 10,000 accounts) nor the families no alert reads are ever held.
     pub fn from_exporter(exporter: &Exporter) -> Samples {
-        let mut s = Samples::default();
+        Samples::from_exporter_sized(exporter, 0)
+    }
+
+    /// [`Samples::from_exporter`] with room for `pools` pools from the start (the last
+    /// evaluation's count): the pools' table is then allocated once, instead of growing by
+    /// doubling with the old and new tables both held at each step.
+    pub fn from_exporter_sized(exporter: &Exporter, pools: usize) -> Samples {
+        let mut s = Samples {
+            pools: HashMap::with_capacity(pools),
+            ..Samples::default()
+        };
         // What follows the last line end seen. Each chunk is whole UTF-8 text and, as written,
         // ends at a line end; only the first is relied on.
         let mut carry = String::new();
@@ -324,12 +373,18 @@ impl Samples {
         if parsed.is_none() {
             return;
         }
+        if let Shape::Pool(slot) = shape {
+            let row = self
+                .pools
+                .entry((provider, account, pool, key))
+                .or_default();
+            row.present |= 1 << slot;
+            row.values[slot] = value;
+            return;
+        }
         let name = name.to_string();
         match shape {
-            Shape::Pool => {
-                let m = self.pools.entry(name).or_default();
-                m.insert((provider, account, pool, key), value);
-            }
+            Shape::Pool(_) => unreachable!("handled above"),
             Shape::Account => {
                 let m = self.accounts.entry(name).or_default();
                 m.insert((provider, account), value);
@@ -375,20 +430,45 @@ impl Samples {
         self.add_line(&line);
     }
 
-    fn by_pool(&self, name: &str) -> &HashMap<PoolKey, f64> {
-        debug_assert_eq!(shape(name), Some(Shape::Pool), "{name}");
-        self.pools.get(name).unwrap_or(&NO_POOLS)
+    /// How many pools have a value of any pool family.
+    pub fn pool_count(&self) -> usize {
+        self.pools.len()
     }
 
-    /// A per-unit family (`creditwatch_remaining_credits`, `..._usd`) by pool, with the unit.
-    fn by_pool_unit(&self, prefix: &str) -> HashMap<PoolKey, (f64, &'static str)> {
-        let mut out = HashMap::new();
-        for unit in UNITS {
-            for (k, v) in self.by_pool(&format!("{prefix}{unit}")) {
-                out.insert(k.clone(), (*v, unit));
-            }
-        }
-        out
+    /// One pool's values.
+    fn pool(&self, p: &PoolKey) -> Option<&PoolRow> {
+        self.pools.get(p)
+    }
+
+    /// Every pool with a value in `slot` (see [`PoolRow::get`] and [`PoolRow::in_unit`]), sorted
+    /// by its labels.
+    fn sorted<T>(&self, value: impl Fn(&PoolRow) -> Option<T>) -> Vec<(&PoolKey, T)> {
+        let mut v: Vec<(&PoolKey, T)> = self
+            .pools
+            .iter()
+            .filter_map(|(k, row)| Some((k, value(row)?)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
+    /// The pool families that have at least one series.
+    #[cfg(test)]
+    fn pool_families(&self) -> Vec<&'static str> {
+        let seen = self.pools.values().fold(0, |m, r| m | r.present);
+        (0..POOL_FAMILIES.len())
+            .filter(|i| seen & (1 << i) != 0)
+            .map(|i| POOL_FAMILIES[i])
+            .collect()
+    }
+
+    /// A pool family's value of one pool (for tests).
+    #[cfg(test)]
+    fn pool_value(&self, name: &str, p: &PoolKey) -> Option<f64> {
+        let Some(Shape::Pool(slot)) = shape(name) else {
+            panic!("{name} is not a pool family")
+        };
+        self.pool(p)?.get(slot)
     }
 
     fn by_account(&self, name: &str) -> &HashMap<AccountKey, f64> {
@@ -566,14 +646,11 @@ pub fn evaluate(
     rules: &BTreeMap<AlertName, RuleConfig>,
     runbook_base: &str,
 ) -> Evaluation {
-    let remaining = s.by_pool_unit("creditwatch_remaining_");
-    let limit = s.by_pool_unit("creditwatch_limit_");
-    let projected = s.by_pool_unit("creditwatch_projected_remaining_at_reset_");
-    let ratio = s.by_pool("creditwatch_remaining_ratio");
-    let exhausts = s.by_pool("creditwatch_exhausts_before_reset");
-    let exhaustion = s.by_pool("creditwatch_exhaustion_timestamp_seconds");
-    let reset = s.by_pool("creditwatch_reset_timestamp_seconds");
-    let period_start = s.by_pool("creditwatch_period_start_timestamp_seconds");
+    let value = |p: &PoolKey, slot: usize| s.pool(p).and_then(|r| r.get(slot));
+    let remaining = |p: &PoolKey| s.pool(p).and_then(|r| r.in_unit(REMAINING));
+    let limit = |p: &PoolKey| s.pool(p).and_then(|r| r.in_unit(LIMIT));
+    let projected = |p: &PoolKey| s.pool(p).and_then(|r| r.in_unit(PROJECTED));
+    let reset = |p: &PoolKey| value(p, RESET);
     let last_success = s.by_account("creditwatch_last_success_timestamp_seconds");
     let up = s.by_account("creditwatch_up");
 
@@ -596,61 +673,55 @@ pub fn evaluate(
             .get(&account_of(p))
             .is_some_and(|t| now - t > STALE_AFTER)
     };
-    let just_reset = |p: &PoolKey| period_start.get(p).is_some_and(|t| now - t < JUST_RESET);
+    let just_reset = |p: &PoolKey| value(p, PERIOD_START).is_some_and(|t| now - t < JUST_RESET);
     let enabled = |a: AlertName| rules.get(&a).filter(|r| r.enabled);
     let amount = |p: &PoolKey| {
-        remaining
-            .get(p)
-            .map(|(v, u)| format!("{} {u}", humanize(*v)))
+        remaining(p)
+            .map(|(v, u)| format!("{} {u}", humanize(v)))
             .unwrap_or_else(|| "unknown".into())
-    };
-    let sorted = |m: &HashMap<PoolKey, f64>| {
-        let mut v: Vec<(PoolKey, f64)> = m.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
     };
 
     if let Some(rule) = enabled(AlertName::CreditsExhaustionBeforeReset) {
         let a = AlertName::CreditsExhaustionBeforeReset;
         let below = rule.ratio_below.unwrap_or(0.5);
-        for (p, v) in sorted(exhausts) {
-            let level = ratio.get(&p).is_none_or(|r| *r < below);
-            if v != 1.0 || !level || just_reset(&p) || stale(&p) {
+        for (p, v) in s.sorted(|r| r.get(EXHAUSTS)) {
+            let level = value(p, RATIO).is_none_or(|r| r < below);
+            if v != 1.0 || !level || just_reset(p) || stale(p) {
                 continue;
             }
             let burn = match (
-                remaining.get(&p),
-                projected.get(&p),
-                reset.get(&p),
-                last_success.get(&account_of(&p)),
+                remaining(p),
+                projected(p),
+                reset(p),
+                last_success.get(&account_of(p)),
             ) {
-                (Some((r, _)), Some((pr, _)), Some(rs), Some(ls)) if rs > ls => {
+                (Some((r, _)), Some((pr, _)), Some(rs), Some(ls)) if rs > *ls => {
                     humanize(86400.0 * (r - pr) / (rs - ls))
                 }
                 _ => "an unknown amount".into(),
             };
             let mut d = format!(
                 "{}: {} left, burning {burn} per day. At that rate it runs out ",
-                who(&p),
-                amount(&p)
+                who(p),
+                amount(p)
             );
-            match exhaustion.get(&p) {
-                Some(t) => d.push_str(&format!("on {}", timestamp(*t))),
+            match value(p, EXHAUSTION) {
+                Some(t) => d.push_str(&format!("on {}", timestamp(t))),
                 None => d.push_str("soon"),
             }
-            if let Some(t) = reset.get(&p) {
-                d.push_str(&format!(", before it resets on {}", timestamp(*t)));
+            if let Some(t) = reset(p) {
+                d.push_str(&format!(", before it resets on {}", timestamp(t)));
             }
-            if let Some((pr, _)) = projected.get(&p) {
+            if let Some((pr, _)) = projected(p) {
                 d.push_str(&format!(" ({} short)", humanize(-pr)));
             }
             d.push_str(". Top up or raise the limit before then.");
             ev.candidates.push(Candidate {
                 alert: a,
-                labels: pool_labels(a, &p),
+                labels: pool_labels(a, p),
                 value: v,
                 annotations: annotations(
-                    pool_summary(&p, "runs out before its reset"),
+                    pool_summary(p, "runs out before its reset"),
                     d,
                     runbook(a),
                 ),
@@ -664,34 +735,34 @@ pub fn evaluate(
             .within
             .unwrap_or(Duration::from_secs(86400))
             .as_secs_f64();
-        for (p, t) in sorted(exhaustion) {
+        for (p, t) in s.sorted(|r| r.get(EXHAUSTION)) {
             let left = t - now;
-            let has_credits = remaining.get(&p).is_some_and(|(r, _)| *r > 0.0);
-            let refill_first = reset.get(&p).is_some_and(|r| *r < t);
-            if left >= within || !has_credits || refill_first || just_reset(&p) || stale(&p) {
+            let has_credits = remaining(p).is_some_and(|(r, _)| r > 0.0);
+            let refill_first = reset(p).is_some_and(|r| r < t);
+            if left >= within || !has_credits || refill_first || just_reset(p) || stale(p) {
                 continue;
             }
-            let burn = match (remaining.get(&p), last_success.get(&account_of(&p))) {
+            let burn = match (remaining(p), last_success.get(&account_of(p))) {
                 (Some((r, _)), Some(ls)) if t > *ls => humanize(86400.0 * r / (t - ls)),
                 _ => "an unknown amount".into(),
             };
             let mut d = format!(
                 "{}: {} left, burning {burn} per day. At that rate it runs out on {} (in {})",
-                who(&p),
-                amount(&p),
+                who(p),
+                amount(p),
                 timestamp(t),
                 duration(left)
             );
-            if let Some(r) = reset.get(&p) {
-                d.push_str(&format!(", before it resets on {}", timestamp(*r)));
+            if let Some(r) = reset(p) {
+                d.push_str(&format!(", before it resets on {}", timestamp(r)));
             }
             d.push_str(". Top up or raise the limit now.");
             ev.candidates.push(Candidate {
                 alert: a,
-                labels: pool_labels(a, &p),
+                labels: pool_labels(a, p),
                 value: left,
                 annotations: annotations(
-                    pool_summary(&p, &format!("runs out within {}", humanize_window(within))),
+                    pool_summary(p, &format!("runs out within {}", humanize_window(within))),
                     d,
                     runbook(a),
                 ),
@@ -702,26 +773,26 @@ pub fn evaluate(
     if let Some(rule) = enabled(AlertName::CreditsLow) {
         let a = AlertName::CreditsLow;
         let below = rule.ratio_below.unwrap_or(0.1);
-        for (p, r) in sorted(ratio) {
+        for (p, r) in s.sorted(|r| r.get(RATIO)) {
             if r >= below {
                 continue;
             }
             let pct = |x: f64| format!("{}%", g4(x * 100.0));
-            let mut d = format!("{}: {} left", who(&p), amount(&p));
-            if let Some((l, _)) = limit.get(&p) {
-                d.push_str(&format!(" of {}", humanize(*l)));
+            let mut d = format!("{}: {} left", who(p), amount(p));
+            if let Some((l, _)) = limit(p) {
+                d.push_str(&format!(" of {}", humanize(l)));
             }
             d.push_str(&format!(" ({})", pct(r)));
-            if let Some(t) = reset.get(&p) {
-                d.push_str(&format!("; the pool resets on {}", timestamp(*t)));
+            if let Some(t) = reset(p) {
+                d.push_str(&format!("; the pool resets on {}", timestamp(t)));
             }
             d.push('.');
             ev.candidates.push(Candidate {
                 alert: a,
-                labels: pool_labels(a, &p),
+                labels: pool_labels(a, p),
                 value: r,
                 annotations: annotations(
-                    pool_summary(&p, &format!("is below {} ({} left)", pct(below), pct(r))),
+                    pool_summary(p, &format!("is below {} ({} left)", pct(below), pct(r))),
                     d,
                     runbook(a),
                 ),
@@ -731,25 +802,23 @@ pub fn evaluate(
 
     if enabled(AlertName::CreditsExhausted).is_some() {
         let a = AlertName::CreditsExhausted;
-        let mut pools: Vec<(&PoolKey, &(f64, &str))> = remaining.iter().collect();
-        pools.sort_by(|x, y| x.0.cmp(y.0));
-        for (p, (r, _)) in pools {
-            if *r > 0.0 {
+        for (p, (r, _)) in s.sorted(|row| row.in_unit(REMAINING)) {
+            if r > 0.0 {
                 continue;
             }
             let mut d = format!(
                 "{}: {} left; requests that need it are failing now",
                 who(p),
-                g4(*r)
+                g4(r)
             );
-            if let Some(t) = reset.get(p) {
-                d.push_str(&format!(" until it resets on {}", timestamp(*t)));
+            if let Some(t) = reset(p) {
+                d.push_str(&format!(" until it resets on {}", timestamp(t)));
             }
             d.push('.');
             ev.candidates.push(Candidate {
                 alert: a,
                 labels: pool_labels(a, p),
-                value: *r,
+                value: r,
                 annotations: annotations(pool_summary(p, "is exhausted"), d, runbook(a)),
             });
         }
@@ -989,10 +1058,13 @@ mod tests {
             "key_spend".into(),
             "key\\3".into(),
         );
-        assert_eq!(streamed.by_pool("creditwatch_remaining_usd")[&pool], 0.75);
         assert_eq!(
-            streamed.by_pool("creditwatch_remaining_ratio")[&pool],
-            0.075
+            streamed.pool_value("creditwatch_remaining_usd", &pool),
+            Some(0.75)
+        );
+        assert_eq!(
+            streamed.pool_value("creditwatch_remaining_ratio", &pool),
+            Some(0.075)
         );
         assert_eq!(streamed.by_key("creditwatch_key_active").len(), 2000);
     }
@@ -1001,12 +1073,11 @@ mod tests {
     fn only_the_families_the_alerts_read_are_kept_and_label_values_are_shared() {
         let s = Samples::from_exporter(&Exporter::new(state(3)));
         let mut kept: Vec<&str> = s
-            .pools
-            .keys()
-            .chain(s.accounts.keys())
-            .chain(s.reasons.keys())
-            .chain(s.keys.keys())
-            .map(String::as_str)
+            .pool_families()
+            .into_iter()
+            .chain(s.accounts.keys().map(String::as_str))
+            .chain(s.reasons.keys().map(String::as_str))
+            .chain(s.keys.keys().map(String::as_str))
             .collect();
         kept.sort();
         assert_eq!(
@@ -1031,8 +1102,8 @@ mod tests {
             .find(|((_, a), _)| &**a == "acct \"1\"")
             .unwrap();
         let (pool, _) = s
-            .by_pool("creditwatch_remaining_usd")
-            .iter()
+            .sorted(|r| r.get(REMAINING + 1))
+            .into_iter()
             .find(|((_, a, _, _), _)| &**a == "acct \"1\"")
             .unwrap();
         assert!(Arc::ptr_eq(&up.1, &pool.1));
