@@ -334,7 +334,13 @@ pub fn render(
                 page.pages,
                 esc(&link(&page.view, 1))
             )
-        } else if page.matching_pools == 0 && page.view.account.is_some() {
+        } else if page.matching_pools > 0 {
+            // More accounts than pools: the accounts' table goes on past the last card.
+            format!(
+                "The {} pool(s) are on earlier pages.",
+                group(page.matching_pools as f64, 0)
+            )
+        } else if page.view.account.is_some() {
             "This account has no pool yet: waiting for its first successful poll.".to_string()
         } else {
             "No pool has been read yet: waiting for the first successful poll.".to_string()
@@ -408,7 +414,7 @@ fn pager(out: &mut String, page: &Page<'_>) {
     for (label, rel, to) in [
         ("first", "first", 1),
         ("previous", "prev", v.page.saturating_sub(1)),
-        ("next", "next", v.page + 1),
+        ("next", "next", v.page.saturating_add(1)),
         ("last", "last", page.pages),
     ] {
         if to >= 1 && to <= page.pages && to != v.page {
@@ -796,6 +802,54 @@ footer{color:var(--muted);font-size:12px}";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every pool already shown on earlier pages while the accounts' table goes on: the page
+    /// says where the pools went, and links back.
+    #[test]
+    fn a_page_past_the_pools_but_not_the_accounts_says_so() {
+        let accounts: Vec<Arc<AccountState>> = (0..5)
+            .map(|i| Arc::new(AccountState::new(&format!("a{i}"), "fluximage")))
+            .collect();
+        let view = View {
+            page: 2,
+            per_page: 3,
+            ..View::default()
+        };
+        let page = select(&accounts, view);
+        assert_eq!((page.pages, page.matching_accounts), (2, 5));
+        assert_eq!(
+            page.accounts.iter().map(|a| &*a.name).collect::<Vec<_>>(),
+            ["a3", "a4"]
+        );
+        let mut page = page;
+        // As if three pools had been read, all shown on page 1.
+        page.matching_pools = 3;
+        let html = render(&page, &Histories::new(), Utc::now(), None, "t");
+        assert!(
+            html.contains("The 3 pool(s) are on earlier pages."),
+            "{html}"
+        );
+        assert!(
+            html.contains("Pools none of 3 · accounts 4–5 of 5 · page 2 of 2"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<a rel=\"prev\" href=\"/?per_page=3\">previous</a>"),
+            "{html}"
+        );
+        assert!(!html.contains("rel=\"next\""));
+
+        // A page number as large as the query can hold is past the last page, not a panic.
+        let far = View {
+            page: usize::MAX,
+            per_page: 3,
+            ..View::default()
+        };
+        let page = select(&accounts, far);
+        assert!(page.accounts.is_empty());
+        let html = render(&page, &Histories::new(), Utc::now(), None, "t");
+        assert!(html.contains("is past the last page (2)"), "{html}");
+    }
 
     #[test]
     fn amounts_read_like_money_and_credits() {
