@@ -129,6 +129,9 @@ pub struct Figures {
     pub series: usize,
     /// Scrape latencies under concurrent scrapers, sorted.
     pub concurrent: Vec<Duration>,
+    /// The status page's first page (creditwatch only): median time and size, measured after
+    /// the peak RSS so that it does not count in it.
+    pub status_page: Option<Scrape>,
     pub store: Option<StoreFigures>,
 }
 
@@ -599,6 +602,15 @@ async fn measure_exporter(
     // Scrape latency under 4 concurrent scrapers while polls run.
     f.concurrent = measure::concurrent_scrapes(metrics, 4, args.scrape_for).await?;
     f.peak_rss = measure::status_bytes(proc_.pid(), "VmHWM");
+    if ready_kind.is_some() {
+        let page = metrics.replace("/metrics", "/?refresh=0");
+        f.status_page = Some(measure::scrape_median(&client, &page, false, n).await?);
+        eprintln!(
+            "   status page {:.1?} ({} bytes)",
+            f.status_page.unwrap().elapsed,
+            f.status_page.unwrap().bytes
+        );
+    }
     if let Some(e) = proc_.exited() {
         return Err(format!("the process exited: {e}"));
     }

@@ -119,9 +119,9 @@ pub fn render(
         let _ = writeln!(s, "#### creditwatch\n");
         let _ = writeln!(
             s,
-            "| scenario | series | poll round (limit) | CPU per poll | peak RSS | `/metrics` | gzip | p50 / p99, 4 scrapers | store after {history} |"
+            "| scenario | series | poll round (limit) | CPU per poll | peak RSS | `/metrics` | gzip | p50 / p99, 4 scrapers | store after {history} | status page |"
         );
-        let _ = writeln!(s, "|---|--:|---|--:|--:|---|---|---|---|");
+        let _ = writeln!(s, "|---|--:|---|--:|--:|---|---|---|---|---|");
         for o in outcomes {
             match &o.creditwatch {
                 Ok(f) => {
@@ -152,7 +152,7 @@ pub fn render(
                         .unwrap_or_default();
                     let _ = writeln!(
                         s,
-                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         o.label,
                         thousands(f.series as u64),
                         round,
@@ -161,7 +161,8 @@ pub fn render(
                         scrape(f.plain),
                         scrape(f.gzip),
                         p50_p99(&f.concurrent),
-                        store
+                        store,
+                        scrape(f.status_page)
                     );
                     if let Some(r) = f.round {
                         let x = r.as_secs_f64() / o.limit().as_secs_f64();
@@ -202,7 +203,7 @@ pub fn render(
                 Err(e) => {
                     let _ = writeln!(
                         s,
-                        "| {} | failed: {} |||||||| ",
+                        "| {} | failed: {} ||||||||| ",
                         o.label,
                         e.replace('\n', " ")
                     );
@@ -214,7 +215,8 @@ pub fn render(
             "\nThe limit is accounts × latency ÷ concurrency, in whole waves of {} polls. CPU per poll is the \
 process's user + system time (/proc/PID/stat) over at least two poll intervals with nothing else \
 running, divided by the polls the upstream answered meanwhile. Peak RSS is VmHWM at the end, after \
-the scrapers. `/metrics` is the median of sequential scrapes (time, size). The store was filled \
+the scrapers. `/metrics` is the median of sequential scrapes (time, size), and so is the status page (its first \
+page: 100 pools and 100 accounts), loaded after the peak RSS was read. The store was filled \
 beforehand by simulating {history} of 5-minute polls through the daemon's own ingest and hourly maintenance.\n",
             args.concurrency,
         );
