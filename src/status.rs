@@ -26,24 +26,33 @@ const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub type Histories = HashMap<(String, PoolId), Vec<(i64, f64)>>;
 
 /// Reads the chart history of each pool on the page that has a `remaining`: the forecast window
-/// before the pool's last reading. Runs blocking store queries, one per pool, so only the page's
-/// pools are read.
+/// before the pool's last reading. Runs blocking store queries: one walk per account, however
+/// many of its pools the page shows.
 pub fn gather(store: &Store, page: &Page<'_>) -> Result<Histories, StoreError> {
-    let mut out = Histories::new();
+    // The page's pools by account, in the order they first appear.
+    let mut by_account: Vec<(&AccountState, Vec<PoolId>)> = Vec::new();
     for &(a, p) in &page.pools {
-        let Some(snap) = &a.snapshot else { continue };
-        if p.reading.remaining.is_none() {
+        if a.snapshot.is_none() || p.reading.remaining.is_none() {
             continue;
         }
-        let window = window_of(a);
-        let until = snap.at.timestamp_millis();
-        let since = until - window.as_millis() as i64;
         let id = PoolId {
             pool: p.reading.pool.clone(),
             key: p.reading.key.clone(),
         };
-        let h = store.remaining_history(&a.name, &id, since, until, MAX_CHART_POINTS)?;
-        out.insert((a.name.to_string(), id), h);
+        match by_account.iter_mut().find(|(b, _)| std::ptr::eq(*b, a)) {
+            Some((_, ids)) => ids.push(id),
+            None => by_account.push((a, vec![id])),
+        }
+    }
+    let mut out = Histories::new();
+    for (a, ids) in by_account {
+        let Some(snap) = &a.snapshot else { continue };
+        let until = snap.at.timestamp_millis();
+        let since = until - window_of(a).as_millis() as i64;
+        let histories = store.remaining_histories(&a.name, &ids, since, until, MAX_CHART_POINTS)?;
+        for (id, h) in ids.into_iter().zip(histories) {
+            out.insert((a.name.to_string(), id), h);
+        }
     }
     Ok(out)
 }
