@@ -116,7 +116,10 @@ fn runs_out_at(p: &PoolState) -> f64 {
 
 /// Chooses what `view` shows of `accounts`. Sorting is by reference, so only the page's cards
 /// are ever built.
-pub fn select<'a>(accounts: &'a [Arc<AccountState>], view: View) -> Page<'a> {
+pub fn select<'a>(accounts: &'a [Arc<AccountState>], mut view: View) -> Page<'a> {
+    // The server refuses anything else; a caller that did not check gets the nearest view.
+    view.page = view.page.max(1);
+    view.per_page = view.per_page.clamp(1, MAX_PER_PAGE);
     let wanted = |a: &AccountState| view.account.as_deref().is_none_or(|n| *a.name == *n);
     let mut pools: Vec<(&AccountState, &PoolState)> = Vec::new();
     let mut all_pools = 0;
@@ -848,6 +851,14 @@ mod tests {
         );
         assert!(!html.contains("rel=\"next\""));
 
+        // A view the server would refuse is clamped rather than a panic.
+        let zero = View {
+            page: 0,
+            per_page: 0,
+            ..View::default()
+        };
+        let page = select(&accounts, zero);
+        assert_eq!((page.view.page, page.view.per_page, page.pages), (1, 1, 5));
         // A page number as large as the query can hold is past the last page, not a panic.
         let far = View {
             page: usize::MAX,
