@@ -520,6 +520,7 @@ impl Tracker {
     /// report).
     pub fn warm(&mut self, store: &Store, account: &AccountConfig, now: DateTime<Utc>) {
         let now_ms = now.timestamp_millis();
+        let started = std::time::Instant::now();
         let ((), _) = store.batch(|batch| {
             self.follow_generation(store);
             let track = self.accounts.entry(account.name.clone()).or_default();
@@ -545,6 +546,9 @@ impl Tracker {
                     return;
                 }
             }
+            // A first poll that arrives meanwhile waits for this: worth seeing for an account
+            // of thousands of pools.
+            tracing::debug!(account = %account.name, pools = pools.len(), took_ms = started.elapsed().as_millis() as u64, "read ahead what the first poll reads");
         });
     }
 
