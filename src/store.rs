@@ -629,6 +629,10 @@ impl Store {
     /// the status page chart. At most `max_points` points: the window is cut into that many equal
     /// buckets and each keeps its latest sample, so the answer stays small however often the
     /// account is polled. The scan walks the account's samples over the window.
+    ///
+    /// The page reads its charts with [`Store::remaining_histories`]; this one-pool query, the
+    /// plainest statement of what a chart shows, is kept as the reference that is tested against.
+    #[cfg(test)]
     pub fn remaining_history(
         &self,
         account: &str,
@@ -661,7 +665,7 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// [`Store::remaining_history`] of several pools of one account, in the order of `pools`
+    /// `remaining_history` of several pools of one account, in the order of `pools`
     /// (empty for a pool the store has no sample of), read in one walk of the account's samples.
     ///
     /// Samples are keyed by (account, time, pool), so a query for one pool walks every pool's

@@ -149,10 +149,9 @@ async fn evaluate_loop(
         let now = deps.clock.now();
         // Off the runtime's workers: at 10,000 accounts this reads 400,000 series.
         let reader = exporter.clone();
-        let samples =
-            tokio::task::spawn_blocking(move || Samples::from_exporter_sized(&reader, pools))
-                .await
-                .expect("reading the exposition does not panic");
+        let samples = tokio::task::spawn_blocking(move || Samples::from_exporter(&reader, pools))
+            .await
+            .expect("reading the exposition does not panic");
         pools = samples.pool_count();
         let ev = rules::evaluate(
             &samples,

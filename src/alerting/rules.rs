@@ -317,14 +317,10 @@ impl Samples {
 
     /// Reads the exporter's series as it writes them, chunk by chunk: neither the whole
     /// exposition (40 MiB at 10,000 accounts) nor the families no alert reads are ever held.
-    pub fn from_exporter(exporter: &Exporter) -> Samples {
-        Samples::from_exporter_sized(exporter, 0)
-    }
-
-    /// [`Samples::from_exporter`] with room for `pools` pools from the start (the last
-    /// evaluation's count): the pools' table is then allocated once, instead of growing by
-    /// doubling with the old and new tables both held at each step.
-    pub fn from_exporter_sized(exporter: &Exporter, pools: usize) -> Samples {
+    /// The pools' table has room for `pools` pools from the start (the last evaluation's count,
+    /// or 0), so it is allocated once instead of growing by doubling with the old and new
+    /// tables both held at each step.
+    pub fn from_exporter(exporter: &Exporter, pools: usize) -> Samples {
         let mut s = Samples {
             pools: HashMap::with_capacity(pools),
             ..Samples::default()
@@ -1036,7 +1032,7 @@ mod tests {
             true
         });
         assert!(chunks > 3, "{chunks} chunks");
-        let streamed = Samples::from_exporter(&exporter);
+        let streamed = Samples::from_exporter(&exporter, 0);
         let text = exporter.render();
         assert_eq!(streamed, Samples::from_exposition(&text));
         // Escaped label values read back as written.
@@ -1071,7 +1067,7 @@ mod tests {
 
     #[test]
     fn only_the_families_the_alerts_read_are_kept_and_label_values_are_shared() {
-        let s = Samples::from_exporter(&Exporter::new(state(3)));
+        let s = Samples::from_exporter(&Exporter::new(state(3)), 0);
         let mut kept: Vec<&str> = s
             .pool_families()
             .into_iter()
