@@ -436,8 +436,8 @@ impl Samples {
         self.pools.get(p)
     }
 
-    /// Every pool with a value in `slot` (see [`PoolRow::get`] and [`PoolRow::in_unit`]), sorted
-    /// by its labels.
+    /// Every pool for which `value` reads something from its row (with [`PoolRow::get`] or
+    /// [`PoolRow::in_unit`]), with what it read, sorted by the pool's labels.
     fn sorted<T>(&self, value: impl Fn(&PoolRow) -> Option<T>) -> Vec<(&PoolKey, T)> {
         let mut v: Vec<(&PoolKey, T)> = self
             .pools
@@ -1063,6 +1063,26 @@ mod tests {
             Some(0.075)
         );
         assert_eq!(streamed.by_key("creditwatch_key_active").len(), 2000);
+    }
+
+    /// The per-unit slots hold their families in the order of `UNITS`, which `in_unit` relies on.
+    #[test]
+    fn per_unit_slots_follow_the_units() {
+        for (first, prefix) in [
+            (REMAINING, "creditwatch_remaining_"),
+            (LIMIT, "creditwatch_limit_"),
+            (PROJECTED, "creditwatch_projected_remaining_at_reset_"),
+        ] {
+            for (i, unit) in UNITS.iter().enumerate() {
+                assert_eq!(POOL_FAMILIES[first + i], format!("{prefix}{unit}"));
+            }
+        }
+        let row = PoolRow {
+            present: 1 << REMAINING,
+            values: [7.0; POOL_FAMILIES.len()],
+        };
+        assert_eq!(row.in_unit(REMAINING), Some((7.0, "credits")));
+        assert_eq!(row.in_unit(LIMIT), None);
     }
 
     #[test]
