@@ -32,7 +32,7 @@ pub fn gather(store: &Store, page: &Page<'_>) -> Result<Histories, StoreError> {
     // The page's pools by account, in the order they first appear.
     let mut by_account: Vec<(&AccountState, Vec<PoolId>)> = Vec::new();
     for &(a, p) in &page.pools {
-        if a.snapshot.is_none() || p.reading.remaining.is_none() {
+        if p.reading.remaining.is_none() {
             continue;
         }
         let id = PoolId {

@@ -671,7 +671,7 @@ impl Store {
     /// Samples are keyed by (account, time, pool), so a query for one pool walks every pool's
     /// samples over the window: the status page's 100 cards of a 10,000-key account took 21 s,
     /// a query each. An account with few pools is now walked once for all of its cards. For one
-    /// with many ([`SEEK_POOLS`] or more) the walk would still be millions of rows, so each
+    /// with many (`SEEK_POOLS` or more) the walk would still be millions of rows, so each
     /// bucket is found by seeking instead: the latest poll in the bucket, then each card's row
     /// of that poll by its key, going back to earlier polls in the bucket only for a pool that
     /// poll did not write. Both give exactly what `remaining_history` gives.
@@ -1307,7 +1307,7 @@ const SAMPLE_BEFORE: &str = "SELECT ts_ms, consumed FROM samples
 /// than by walking its samples ([`Store::remaining_histories`]). A walk reads every pool's row of
 /// every poll in the window; seeking costs two lookups a card per bucket, each about as much as
 /// reading a few dozen rows in order.
-pub const SEEK_POOLS: i64 = 256;
+const SEEK_POOLS: i64 = 256;
 
 /// How [`histories_in`] reads an account's samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
